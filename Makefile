@@ -1,0 +1,46 @@
+# qasa-vqa developer commands. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= demo_output
+PYTEST_ARGS ?=
+
+.PHONY: help install test test-all lint format bench demo clean
+
+help: ## List the commands
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install the package with dev extras (no-op when up to date)
+
+test: $(STAMP) ## Run the test suite (skips tests marked slow; see test-all)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: $(STAMP) ## Run every test, slow ones included
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP) ## Check style and formatting with ruff
+	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff format --check src tests benchmarks
+
+format: $(STAMP) ## Reformat and auto-fix with ruff
+	$(PY) -m ruff check --fix src tests benchmarks
+	$(PY) -m ruff format src tests benchmarks
+
+bench: $(STAMP) ## Run the benchmarks (decode); prints medians and ratios
+	$(PY) benchmarks/bench_decode.py
+
+demo: $(STAMP) ## Generate a sample clip and draw what the models see (demo_output/views.png)
+	$(PY) -m qasa_vqa demo --out $(DEMO_DIR)
+
+clean: ## Remove caches, build outputs and demo output (keeps .venv)
+	rm -rf build dist src/*.egg-info .pytest_cache .ruff_cache $(DEMO_DIR)
+	find . -name __pycache__ -type d -prune -not -path "./$(VENV)/*" -exec rm -rf {} +

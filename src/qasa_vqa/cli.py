@@ -1,0 +1,107 @@
+"""The ``qasa-vqa`` command line (also ``python -m qasa_vqa``).
+
+Subcommands today: ``probe`` (what the reader sees in a video), ``views`` (draw the four model views of
+a video as a PNG) and ``demo`` (make a sample clip and draw its views). Errors the library raises on
+purpose are printed as one line and exit with status 2; nothing here prints a traceback for bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from qasa_vqa import __version__
+from qasa_vqa.errors import QasaVqaError
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qasa-vqa", description="Label-efficient no-reference video quality assessment (QASA-VQA)."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    probe = commands.add_parser("probe", help="print what the reader sees in a video (frames, fps, size, ...)")
+    probe.add_argument("video", type=Path)
+    probe.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    views = commands.add_parser("views", help="draw the four views the models see of a video, as one PNG")
+    views.add_argument("video", type=Path)
+    views.add_argument("--out", type=Path, default=Path("views.png"), help="output PNG (default: views.png)")
+    views.add_argument("--seed", type=int, default=0, help="seed of the frame and patch offsets (default: 0)")
+    views.add_argument("--frames", type=int, default=4, help="how many sampled frames to show (default: 4)")
+    views.add_argument(
+        "--clamp-halves", action="store_true", help="keep T' and T'' apart on small videos (not the reference)"
+    )
+
+    demo = commands.add_parser("demo", help="generate a sample clip and draw its views")
+    demo.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder (default: demo_output)")
+    demo.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except QasaVqaError as error:
+        print(f"qasa-vqa {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _probe(args: argparse.Namespace) -> int:
+    from qasa_vqa.video.reader import probe
+
+    info = probe(args.video)
+    fields = {
+        "path": info.path,
+        "num_frames": info.num_frames,
+        "fps": round(info.fps, 6),
+        "width": info.width,
+        "height": info.height,
+        "rotation": info.rotation,
+        "display_size": [info.display_width, info.display_height],
+        "duration": round(info.duration, 6),
+        "codec": info.codec,
+        "keyframes": len(info.keyframes),
+        "seekable": info.seekable,
+    }
+    if args.json:
+        print(json.dumps(fields))
+    else:
+        for key, value in fields.items():
+            print(f"{key:>13}: {value}")
+    return 0
+
+
+def _views(args: argparse.Namespace) -> int:
+    from qasa_vqa.video.preview import draw_views
+
+    out = draw_views(args.video, args.out, seed=args.seed, num_shown=args.frames, clamp_halves=args.clamp_halves)
+    print(f"wrote {out}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from qasa_vqa.video.preview import draw_views
+    from qasa_vqa.video.writer import synthetic_frames, write_video
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    clip = args.out / "sample_720p.mp4"
+    if not clip.exists():
+        print(f"writing a 720p sample clip to {clip} ...")
+        partial = clip.with_name(clip.stem + ".partial.mp4")
+        write_video(partial, synthetic_frames(96, 720, 1280, seed=args.seed), codec="h264", bframes=2)
+        partial.replace(clip)
+    picture = draw_views(clip, args.out / "views.png", seed=args.seed)
+    print(f"wrote {picture}: the source frame with T' (green) and T'' (magenta) patches, the two fragment")
+    print("views, the resized view S and the sparse view S^F, exactly as training samples them.")
+    return 0
+
+
+_COMMANDS = {"probe": _probe, "views": _views, "demo": _demo}

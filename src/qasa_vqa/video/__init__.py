@@ -1,0 +1,1 @@
+"""Video input: decoding (reader), temporal sampling, spatial views (fragments), writing test clips."""

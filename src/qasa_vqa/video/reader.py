@@ -1,0 +1,433 @@
+"""Probe videos and decode chosen frames with PyAV, frame-accurately and cheaply.
+
+Decoding dominates the wall time of NR-VQA (ANCHORS.md section 2), so :func:`read_frames` decodes as
+little as it can while returning exactly the frames a full sequential decode would give:
+
+* :func:`probe` demuxes the file once (no decoding beyond the first frame) and records every frame's
+  presentation timestamp and the keyframe positions. Frame ``i`` is the frame with the ``i``-th
+  smallest timestamp, which is the ``i``-th frame that a sequential decode outputs.
+* :func:`read_frames` plans the decode with a cost model counted in decoded frames: it decodes
+  sequentially from the start and stops after the last wanted frame, except where jumping to the
+  keyframe before a wanted frame decodes fewer frames (sparse frames in long videos), in which case it
+  seeks. Decoded frames are identified by their timestamps, so a seek can never shift the indexing.
+  Only the wanted frames are converted to RGB and kept; everything else is dropped as it is decoded.
+* Rotation tags (display matrices written by phones) are applied so frames are upright.
+
+Containers whose packets lack unique timestamps (e.g. some AVI or raw streams) are read by counting
+decoded frames from the start, which is always exact but never seeks.
+
+Every failure is a :class:`~qasa_vqa.errors.VideoDecodeError` that names the file and the reason.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Literal
+
+import av
+import numpy as np
+
+from qasa_vqa.errors import VideoDecodeError
+
+__all__ = ["Strategy", "VideoInfo", "plan_decode", "probe", "read_frames"]
+
+Strategy = Literal["auto", "sequential", "seek"]
+
+# What one keyframe seek costs, in decoded-frame equivalents (demuxer seek, decoder flush, and the
+# decoder's reordering delay refilling). Measured on 1080p H.264: a seek costs about as much as
+# decoding 4-8 frames, so 8 keeps seeks for the cases where they clearly win.
+SEEK_COST_FRAMES = 8
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What :func:`probe` learns about a video's first video stream.
+
+    ``width`` and ``height`` are the stored (coded) frame size; ``rotation`` is the counter-clockwise
+    rotation, in degrees (a multiple of 90), that makes stored frames upright. ``display_width`` and
+    ``display_height`` give the size after that rotation, i.e. the size :func:`read_frames` returns
+    by default. ``keyframes`` lists the indices of keyframes (random-access points). ``seekable`` is
+    False when timestamps cannot identify frames, and then :func:`read_frames` never seeks.
+    """
+
+    path: str
+    num_frames: int
+    fps: float
+    width: int
+    height: int
+    duration: float
+    codec: str
+    rotation: int
+    keyframes: tuple[int, ...]
+    seekable: bool
+    time_base: Fraction | None = field(default=None, repr=False)
+    frame_pts: tuple[int, ...] = field(default=(), repr=False)
+    keyframe_seek_ts: tuple[int, ...] = field(default=(), repr=False)
+
+    @property
+    def display_width(self) -> int:
+        return self.height if self.rotation % 180 else self.width
+
+    @property
+    def display_height(self) -> int:
+        return self.width if self.rotation % 180 else self.height
+
+
+@dataclass(frozen=True)
+class _Run:
+    """Frames decoded in one go: optionally seek to keyframe number ``seek_to`` first."""
+
+    seek_to: int | None
+    targets: tuple[int, ...]
+
+
+def probe(path: str | Path) -> VideoInfo:
+    """Describe the first video stream of ``path``, counting frames exactly.
+
+    The frame count is the number of frames a full decode outputs: the demuxed packets of the stream
+    (discarded packets excluded) when every packet has a unique timestamp, otherwise a full decode.
+    Raises :class:`VideoDecodeError` for a missing path, a file that is not a video, no video stream,
+    zero frames, or truncated/corrupt data.
+    """
+    path = _check_path(path)
+    with _open(path) as container:
+        stream = _video_stream(container, path)
+        codec = stream.codec_context.codec.canonical_name
+        declared = stream.frames
+        pts_list: list[int] = []
+        keyframe_pts: list[int] = []
+        keyframe_seek: list[int] = []
+        packets = 0
+        clean = True
+        rotation: int | None = None
+        first_error: str | None = None
+        try:
+            for packet in container.demux(stream):
+                if packet.size == 0:
+                    continue
+                packets += 1
+                if packet.is_discard:
+                    continue
+                if packet.pts is None:
+                    clean = False
+                else:
+                    pts_list.append(packet.pts)
+                    if packet.is_keyframe:
+                        keyframe_pts.append(packet.pts)
+                        dts = packet.dts if packet.dts is not None else packet.pts
+                        keyframe_seek.append(min(packet.pts, dts))
+                if rotation is None and first_error is None:
+                    try:
+                        for frame in stream.decode(packet):
+                            rotation = _upright_rotation(frame)
+                            break
+                    except av.FFmpegError as error:
+                        first_error = _reason(error)
+            if rotation is None and first_error is None and packets:
+                for frame in stream.decode(None):
+                    rotation = _upright_rotation(frame)
+                    break
+        except av.FFmpegError as error:
+            raise VideoDecodeError(
+                path, f"truncated or corrupt data after {packets} packets ({_reason(error)})"
+            ) from error
+        if packets == 0:
+            raise VideoDecodeError(path, "contains no video frames")
+        if rotation is None:
+            reason = first_error or "no packet decoded to a frame"
+            raise VideoDecodeError(path, f"corrupt data: the first frame cannot be decoded ({reason})")
+        if declared and packets < declared:
+            raise VideoDecodeError(
+                path, f"truncated: the container declares {declared} frames but only {packets} can be read"
+            )
+        _check_declared_duration(path, container, stream, pts_list)
+        if clean and len(set(pts_list)) != len(pts_list):
+            clean = False
+        if clean:
+            num_frames = len(pts_list)
+        else:
+            num_frames = _count_by_decoding(path)
+        width, height = stream.codec_context.width, stream.codec_context.height
+        time_base = stream.time_base
+        fps = _frame_rate(stream, num_frames, pts_list, time_base)
+        duration = _duration(stream, container, num_frames, fps, pts_list, time_base)
+    frame_pts = tuple(sorted(pts_list)) if clean else ()
+    keyframes: tuple[int, ...] = ()
+    seek_ts: tuple[int, ...] = ()
+    if clean:
+        order = {pts: i for i, pts in enumerate(frame_pts)}
+        pairs = sorted(zip((order[p] for p in keyframe_pts), keyframe_seek, strict=True))
+        keyframes = tuple(i for i, _ in pairs)
+        seek_ts = tuple(ts for _, ts in pairs)
+    return VideoInfo(
+        path=str(path),
+        num_frames=num_frames,
+        fps=fps,
+        width=width,
+        height=height,
+        duration=duration,
+        codec=codec,
+        rotation=rotation,
+        keyframes=keyframes,
+        seekable=clean and bool(keyframes) and keyframes[0] == 0,
+        time_base=time_base,
+        frame_pts=frame_pts,
+        keyframe_seek_ts=seek_ts,
+    )
+
+
+def plan_decode(
+    wanted: Sequence[int], keyframes: Sequence[int], *, seek_cost: int = SEEK_COST_FRAMES
+) -> list[tuple[int | None, tuple[int, ...]]]:
+    """Split sorted unique frame indices into decode runs, each optionally starting with a seek.
+
+    Returns ``[(keyframe_index or None, targets), ...]``: a run with ``None`` continues decoding where
+    the previous one stopped (the first such run starts at frame 0). A run seeks to the keyframe before
+    its first target only when that decodes fewer frames, counting a seek as ``seek_cost`` frames.
+    """
+    runs: list[tuple[int | None, list[int]]] = []
+    position = -1  # index of the last frame decoded so far
+    for target in wanted:
+        k = bisect.bisect_right(keyframes, target) - 1
+        keyframe = keyframes[k] if k >= 0 else 0
+        continue_cost = target - position
+        seek_cost_total = seek_cost + (target - keyframe + 1)
+        if keyframe > position + 1 and seek_cost_total < continue_cost:
+            runs.append((keyframe, [target]))
+        elif runs:
+            runs[-1][1].append(target)
+        else:
+            runs.append((None, [target]))
+        position = target
+    return [(start, tuple(targets)) for start, targets in runs]
+
+
+def read_frames(
+    path: str | Path,
+    indices: Sequence[int] | np.ndarray,
+    *,
+    info: VideoInfo | None = None,
+    upright: bool = True,
+    strategy: Strategy = "auto",
+    corrupt: Literal["raise", "keep"] = "raise",
+) -> np.ndarray:
+    """Decode the frames at ``indices`` and return them as uint8 RGB ``[len(indices), H, W, 3]``.
+
+    Frames come back in the order of ``indices`` (duplicates allowed), pixel-identical to the same
+    frames of a full sequential decode. ``info`` (from :func:`probe`) saves a second probe. With
+    ``upright`` the rotation tag is applied. ``strategy`` forces ``"sequential"`` (decode from the
+    start, stop after the last wanted frame) or ``"seek"`` (always jump to the keyframe before each
+    group of wanted frames); ``"auto"`` picks per group by the decoded-frame cost. A frame the decoder
+    flags as corrupt raises, unless ``corrupt="keep"``.
+    """
+    path = Path(path)
+    info = info or probe(path)
+    wanted_array = _check_indices(path, indices, info.num_frames)
+    height, width = (info.display_height, info.display_width) if upright else (info.height, info.width)
+    if wanted_array.size == 0:
+        return np.empty((0, height, width, 3), dtype=np.uint8)
+    unique = np.unique(wanted_array)
+    if info.seekable and strategy != "sequential":
+        cost = SEEK_COST_FRAMES if strategy == "auto" else -(10**9)
+        runs = [_Run(start, targets) for start, targets in plan_decode(unique.tolist(), info.keyframes, seek_cost=cost)]
+    else:
+        runs = [_Run(None, tuple(unique.tolist()))]
+    decoded = _decode_runs(path, info, runs, corrupt)
+    rotation = info.rotation if upright else 0
+    out = np.empty((wanted_array.size, height, width, 3), dtype=np.uint8)
+    slot = {int(index): position for position, index in enumerate(unique)}
+    rotated = [np.rot90(decoded[int(index)], k=rotation // 90) if rotation else decoded[int(index)] for index in unique]
+    for position, index in enumerate(wanted_array):
+        out[position] = rotated[slot[int(index)]]
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# internals
+
+
+def _decode_runs(path: Path, info: VideoInfo, runs: list[_Run], corrupt: str) -> dict[int, np.ndarray]:
+    """Execute the planned runs and return ``{frame index: RGB array}`` for every target.
+
+    If a seek lands after a wanted frame (an inconsistent index), the remaining targets are decoded
+    sequentially from a freshly opened file instead, so a bad index costs time, never correctness.
+    """
+    frames: dict[int, np.ndarray] = {}
+    pts_to_index = {pts: i for i, pts in enumerate(info.frame_pts)} if info.seekable else None
+    with _open(path) as container:
+        stream = _video_stream(container, path)
+        source: Iterator[tuple[int, av.VideoFrame]] | None = None
+        for number, run in enumerate(runs):
+            if run.seek_to is not None:
+                _seek(container, stream, path, info.keyframe_seek_ts[info.keyframes.index(run.seek_to)])
+                source = None
+            if source is None:
+                source = _indexed_frames(container, stream, path, pts_to_index)
+            if not _collect(source, run.targets, frames, path, corrupt):
+                if run.seek_to is None:
+                    raise VideoDecodeError(path, f"the decoder skipped frame {_first_missing(run, frames)}")
+                rest = tuple(i for later in runs[number:] for i in later.targets if i not in frames)
+                return frames | _decode_runs(path, info, [_Run(None, rest)], corrupt)
+    return frames
+
+
+def _collect(
+    source: Iterator[tuple[int, av.VideoFrame]],
+    targets: tuple[int, ...],
+    frames: dict[int, np.ndarray],
+    path: Path,
+    corrupt: str,
+) -> bool:
+    """Convert the ``targets`` (sorted) as ``source`` reaches them; False if one was passed over."""
+    position = 0
+    for index, frame in source:
+        target = targets[position]
+        if index < target:
+            continue
+        if index > target:
+            return False
+        if frame.is_corrupt and corrupt == "raise":
+            raise VideoDecodeError(path, f"corrupt data: frame {index} decoded with errors")
+        frames[index] = frame.to_ndarray(format="rgb24")
+        position += 1
+        if position == len(targets):
+            return True
+    raise VideoDecodeError(
+        path, f"truncated or corrupt data: frame {targets[position]} could not be decoded (the stream ended)"
+    )
+
+
+def _first_missing(run: _Run, frames: dict[int, np.ndarray]) -> int:
+    return next(index for index in run.targets if index not in frames)
+
+
+def _indexed_frames(
+    container: av.container.InputContainer,
+    stream: av.video.stream.VideoStream,
+    path: Path,
+    pts_to_index: dict[int, int] | None,
+) -> Iterator[tuple[int, av.VideoFrame]]:
+    """Yield ``(frame index, frame)`` from the current position, by timestamp or by counting."""
+    counter = 0
+    try:
+        for frame in container.decode(stream):
+            if pts_to_index is None:
+                yield counter, frame
+                counter += 1
+                continue
+            index = pts_to_index.get(frame.pts) if frame.pts is not None else None
+            if index is None:
+                raise VideoDecodeError(
+                    path, f"decoded a frame with timestamp {frame.pts} that the container does not list"
+                )
+            yield index, frame
+    except av.FFmpegError as error:
+        raise VideoDecodeError(path, f"truncated or corrupt data ({_reason(error)})") from error
+
+
+def _seek(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, path: Path, timestamp: int
+) -> None:
+    try:
+        container.seek(timestamp, stream=stream, backward=True, any_frame=False)
+    except av.FFmpegError as error:
+        raise VideoDecodeError(path, f"cannot seek to timestamp {timestamp} ({_reason(error)})") from error
+
+
+def _check_path(path: str | Path) -> Path:
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise VideoDecodeError(path, "no such file")
+    if not path.is_file():
+        raise VideoDecodeError(path, "not a regular file")
+    if path.stat().st_size == 0:
+        raise VideoDecodeError(path, "the file is empty")
+    return path
+
+
+def _open(path: Path) -> av.container.InputContainer:
+    try:
+        return av.open(str(path), mode="r")
+    except av.FFmpegError as error:
+        raise VideoDecodeError(path, f"not a readable video file ({_reason(error)})") from error
+
+
+def _video_stream(container: av.container.InputContainer, path: Path) -> av.video.stream.VideoStream:
+    if not container.streams.video:
+        kinds = sorted({s.type for s in container.streams}) or ["none"]
+        raise VideoDecodeError(path, f"has no video stream (streams: {', '.join(kinds)})")
+    return container.streams.video[0]
+
+
+def _upright_rotation(frame: av.VideoFrame) -> int:
+    """The counter-clockwise rotation (0/90/180/270) that makes ``frame`` upright."""
+    return int(round(frame.rotation / 90.0)) % 4 * 90
+
+
+def _reason(error: av.FFmpegError) -> str:
+    """FFmpeg's reason without the file name it repeats (ours is already in the message)."""
+    return getattr(error, "strerror", None) or str(error)
+
+
+def _check_declared_duration(path: Path, container, stream, pts: list[int]) -> None:
+    """Matroska/WebM write their duration in the header: a stream ending well short of it is truncated.
+
+    (MP4/MOV/AVI declare a frame count instead, checked by the caller. Transport and program streams
+    declare nothing, so a cut one is indistinguishable from a shorter video.)
+    """
+    if "matroska" not in container.format.name or not container.duration or len(pts) < 2 or not stream.time_base:
+        return
+    declared = container.duration / 1_000_000
+    ordered = sorted(pts)
+    step = (ordered[-1] - ordered[0]) / (len(ordered) - 1)
+    covered = float((ordered[-1] + step - ordered[0]) * stream.time_base)
+    if covered < declared - max(2 * float(step * stream.time_base), 0.1):
+        raise VideoDecodeError(
+            path, f"truncated: the container declares {declared:.2f} s but the stream ends at {covered:.2f} s"
+        )
+
+
+def _count_by_decoding(path: Path) -> int:
+    with _open(path) as container:
+        stream = _video_stream(container, path)
+        try:
+            return sum(1 for _ in container.decode(stream))
+        except av.FFmpegError as error:
+            raise VideoDecodeError(
+                path, f"truncated or corrupt data while counting frames ({_reason(error)})"
+            ) from error
+
+
+def _frame_rate(stream, num_frames: int, pts: list[int], time_base: Fraction | None) -> float:
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    if rate:
+        return float(rate)
+    if time_base and len(pts) > 1:
+        span = (max(pts) - min(pts)) * time_base
+        return float((len(pts) - 1) / span) if span else 0.0
+    return 0.0
+
+
+def _duration(stream, container, num_frames: int, fps: float, pts: list[int], time_base: Fraction | None) -> float:
+    if stream.duration and time_base:
+        return float(stream.duration * time_base)
+    if container.duration:
+        return container.duration / 1_000_000
+    return num_frames / fps if fps else 0.0
+
+
+def _check_indices(path: Path, indices: Sequence[int] | np.ndarray, num_frames: int) -> np.ndarray:
+    array = np.asarray(indices)
+    if array.ndim != 1:
+        raise VideoDecodeError(path, f"frame indices must be one-dimensional, got shape {array.shape}")
+    if array.size and not np.issubdtype(array.dtype, np.integer):
+        raise VideoDecodeError(path, f"frame indices must be integers, got dtype {array.dtype}")
+    array = array.astype(np.int64, copy=False)
+    if array.size and (array.min() < 0 or array.max() >= num_frames):
+        bad = int(array[(array < 0) | (array >= num_frames)][0])
+        raise VideoDecodeError(path, f"frame index {bad} is out of range: the video has {num_frames} frames")
+    return array
