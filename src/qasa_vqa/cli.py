@@ -26,7 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    probe = commands.add_parser("probe", help="print what the reader sees in a video (frames, fps, size, ...)")
+    probe = commands.add_parser(
+        "probe", help="print what the reader sees in a video (frames, fps, size, ...)"
+    )
     probe.add_argument("video", type=Path)
     probe.add_argument("--json", action="store_true", help="print JSON instead of text")
 
@@ -36,11 +38,15 @@ def build_parser() -> argparse.ArgumentParser:
     views.add_argument("--seed", type=int, default=0, help="seed of the frame and patch offsets (default: 0)")
     views.add_argument("--frames", type=int, default=4, help="how many sampled frames to show (default: 4)")
     views.add_argument(
-        "--clamp-halves", action="store_true", help="keep T' and T'' apart on small videos (not the reference)"
+        "--clamp-halves",
+        action="store_true",
+        help="keep T' and T'' apart on small videos (not the reference)",
     )
 
     demo = commands.add_parser("demo", help="generate a sample clip and draw its views")
-    demo.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder (default: demo_output)")
+    demo.add_argument(
+        "--out", type=Path, default=Path("demo_output"), help="output folder (default: demo_output)"
+    )
     demo.add_argument("--seed", type=int, default=0)
     return parser
 
@@ -82,7 +88,9 @@ def _probe(args: argparse.Namespace) -> int:
 def _views(args: argparse.Namespace) -> int:
     from qasa_vqa.video.preview import draw_views
 
-    out = draw_views(args.video, args.out, seed=args.seed, num_shown=args.frames, clamp_halves=args.clamp_halves)
+    out = draw_views(
+        args.video, args.out, seed=args.seed, num_shown=args.frames, clamp_halves=args.clamp_halves
+    )
     print(f"wrote {out}")
     return 0
 

@@ -82,7 +82,9 @@ class FragmentLayout:
         return int(self.top.shape[1])
 
 
-def offset_range(side: int, *, view: View = "full", grid: int = 7, patch: int = 32, clamp_halves: bool = False):
+def offset_range(
+    side: int, *, view: View = "full", grid: int = 7, patch: int = 32, clamp_halves: bool = False
+):
     """Inclusive range ``(low, high)`` of the in-cell offset along a side of ``side`` pixels."""
     if view not in ("full", "first", "second"):
         raise ValueError(f"view must be 'full', 'first' or 'second', got {view!r}")
@@ -119,11 +121,15 @@ def fragment_layout(
     """
     size = grid * patch
     if min(height, width) < size:
-        raise ValueError(f"a {height}x{width} video is smaller than the {size}px fragment grid; upsample it first")
+        raise ValueError(
+            f"a {height}x{width} video is smaller than the {size}px fragment grid; upsample it first"
+        )
     if aligned < 1 or num_frames < 1:
         raise ValueError(f"aligned and num_frames must be positive, got {aligned}, {num_frames}")
     if generator is None and not centre:
-        raise ValueError("random fragment offsets need generator=torch.Generator().manual_seed(seed), or centre=True")
+        raise ValueError(
+            "random fragment offsets need generator=torch.Generator().manual_seed(seed), or centre=True"
+        )
     chunks = -(-num_frames // aligned)
     corners = []
     for side in (height, width):
@@ -300,7 +306,9 @@ def make_views(
     views: dict[str, torch.Tensor] = {}
     layouts: dict[str, FragmentLayout] = {}
     for key, view in (("frag_v", "first"), ("frag_a", "second")):
-        layouts[key] = fragment_layout(height, width, count, view=view, generator=generator, centre=centre, **options)
+        layouts[key] = fragment_layout(
+            height, width, count, view=view, generator=generator, centre=centre, **options
+        )
         views[key] = normalise(apply_fragments(video, layouts[key]), fragment_stats, channel_dim=0)
     resized = normalise(resize_frames(tensor, size, antialias=antialias), resize_stats, channel_dim=1)
     views["resize_v"] = resized

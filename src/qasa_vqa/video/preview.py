@@ -64,7 +64,9 @@ def draw_views(
     y = 32
     source = Image.fromarray(frames[shown[0]])
     scale = _TILE / max(source.height, 1)
-    upsampled_scale = min(1.0, min(source.height, source.width) / (layouts["frag_v"].grid * layouts["frag_v"].patch))
+    upsampled_scale = min(
+        1.0, min(source.height, source.width) / (layouts["frag_v"].grid * layouts["frag_v"].patch)
+    )
     shown_source = source.resize((max(1, round(source.width * scale)), _TILE), Image.Resampling.BILINEAR)
     shown_source = shown_source.crop((0, 0, min(shown_source.width, columns * (_TILE + _GAP) - _GAP), _TILE))
     overlay = ImageDraw.Draw(shown_source)

@@ -22,7 +22,7 @@ Every failure is a :class:`~qasa_vqa.errors.VideoDecodeError` that names the fil
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -36,6 +36,11 @@ from qasa_vqa.errors import VideoDecodeError
 __all__ = ["Strategy", "VideoInfo", "plan_decode", "probe", "read_frames"]
 
 Strategy = Literal["auto", "sequential", "seek"]
+
+# Containers with a real frame index, where seeking to a keyframe timestamp lands on that keyframe.
+# Others (MPEG program/transport streams, raw streams) seek by bisecting byte positions; they are read
+# sequentially.
+_INDEXED_FORMATS = ("mov", "mp4", "matroska", "webm", "avi")
 
 # What one keyframe seek costs, in decoded-frame equivalents (demuxer seek, decoder flush, and the
 # decoder's reordering delay refilling). Measured on 1080p H.264: a seek costs about as much as
@@ -66,7 +71,6 @@ class VideoInfo:
     seekable: bool
     time_base: Fraction | None = field(default=None, repr=False)
     frame_pts: tuple[int, ...] = field(default=(), repr=False)
-    keyframe_seek_ts: tuple[int, ...] = field(default=(), repr=False)
 
     @property
     def display_width(self) -> int:
@@ -100,7 +104,6 @@ def probe(path: str | Path) -> VideoInfo:
         declared = stream.frames
         pts_list: list[int] = []
         keyframe_pts: list[int] = []
-        keyframe_seek: list[int] = []
         packets = 0
         clean = True
         rotation: int | None = None
@@ -118,8 +121,6 @@ def probe(path: str | Path) -> VideoInfo:
                     pts_list.append(packet.pts)
                     if packet.is_keyframe:
                         keyframe_pts.append(packet.pts)
-                        dts = packet.dts if packet.dts is not None else packet.pts
-                        keyframe_seek.append(min(packet.pts, dts))
                 if rotation is None and first_error is None:
                     try:
                         for frame in stream.decode(packet):
@@ -151,18 +152,16 @@ def probe(path: str | Path) -> VideoInfo:
             num_frames = len(pts_list)
         else:
             num_frames = _count_by_decoding(path)
+        indexed_format = any(name in container.format.name for name in _INDEXED_FORMATS)
         width, height = stream.codec_context.width, stream.codec_context.height
         time_base = stream.time_base
         fps = _frame_rate(stream, num_frames, pts_list, time_base)
         duration = _duration(stream, container, num_frames, fps, pts_list, time_base)
     frame_pts = tuple(sorted(pts_list)) if clean else ()
     keyframes: tuple[int, ...] = ()
-    seek_ts: tuple[int, ...] = ()
     if clean:
         order = {pts: i for i, pts in enumerate(frame_pts)}
-        pairs = sorted(zip((order[p] for p in keyframe_pts), keyframe_seek, strict=True))
-        keyframes = tuple(i for i, _ in pairs)
-        seek_ts = tuple(ts for _, ts in pairs)
+        keyframes = tuple(sorted(order[p] for p in keyframe_pts))
     return VideoInfo(
         path=str(path),
         num_frames=num_frames,
@@ -173,10 +172,9 @@ def probe(path: str | Path) -> VideoInfo:
         codec=codec,
         rotation=rotation,
         keyframes=keyframes,
-        seekable=clean and bool(keyframes) and keyframes[0] == 0,
+        seekable=clean and indexed_format and bool(keyframes) and keyframes[0] == 0,
         time_base=time_base,
         frame_pts=frame_pts,
-        keyframe_seek_ts=seek_ts,
     )
 
 
@@ -233,16 +231,24 @@ def read_frames(
     unique = np.unique(wanted_array)
     if info.seekable and strategy != "sequential":
         cost = SEEK_COST_FRAMES if strategy == "auto" else -(10**9)
-        runs = [_Run(start, targets) for start, targets in plan_decode(unique.tolist(), info.keyframes, seek_cost=cost)]
+        runs = [
+            _Run(start, targets)
+            for start, targets in plan_decode(unique.tolist(), info.keyframes, seek_cost=cost)
+        ]
     else:
         runs = [_Run(None, tuple(unique.tolist()))]
-    decoded = _decode_runs(path, info, runs, corrupt)
-    rotation = info.rotation if upright else 0
     out = np.empty((wanted_array.size, height, width, 3), dtype=np.uint8)
-    slot = {int(index): position for position, index in enumerate(unique)}
-    rotated = [np.rot90(decoded[int(index)], k=rotation // 90) if rotation else decoded[int(index)] for index in unique]
-    for position, index in enumerate(wanted_array):
-        out[position] = rotated[slot[int(index)]]
+    positions: dict[int, list[int]] = {}
+    for position, index in enumerate(wanted_array.tolist()):
+        positions.setdefault(index, []).append(position)
+    turns = (info.rotation // 90) if upright else 0
+
+    def store(index: int, frame: av.VideoFrame) -> None:
+        rgb = frame.to_ndarray(format="rgb24")
+        for position in positions[index]:
+            out[position] = np.rot90(rgb, k=turns) if turns else rgb
+
+    _decode_runs(path, info, runs, corrupt, store)
     return out
 
 
@@ -250,41 +256,56 @@ def read_frames(
 # internals
 
 
-def _decode_runs(path: Path, info: VideoInfo, runs: list[_Run], corrupt: str) -> dict[int, np.ndarray]:
-    """Execute the planned runs and return ``{frame index: RGB array}`` for every target.
+def _decode_runs(
+    path: Path, info: VideoInfo, runs: list[_Run], corrupt: str, store: Callable[[int, av.VideoFrame], None]
+) -> None:
+    """Execute the planned runs, handing each target frame to ``store`` as soon as it is decoded.
 
-    If a seek lands after a wanted frame (an inconsistent index), the remaining targets are decoded
-    sequentially from a freshly opened file instead, so a bad index costs time, never correctness.
+    Nothing else is kept, so memory holds the output plus the decoder's own reference frames. If a seek
+    lands after the keyframe it aimed at (an inconsistent index), the remaining targets are decoded
+    sequentially from a freshly opened file instead: a bad index costs time, never correctness.
     """
-    frames: dict[int, np.ndarray] = {}
+    done: set[int] = set()
     pts_to_index = {pts: i for i, pts in enumerate(info.frame_pts)} if info.seekable else None
     with _open(path) as container:
         stream = _video_stream(container, path)
         source: Iterator[tuple[int, av.VideoFrame]] | None = None
         for number, run in enumerate(runs):
             if run.seek_to is not None:
-                _seek(container, stream, path, info.keyframe_seek_ts[info.keyframes.index(run.seek_to)])
+                _seek(container, stream, path, info.frame_pts[run.seek_to])
                 source = None
             if source is None:
                 source = _indexed_frames(container, stream, path, pts_to_index)
-            if not _collect(source, run.targets, frames, path, corrupt):
+            if not _collect(source, run, done, path, corrupt, store):
                 if run.seek_to is None:
-                    raise VideoDecodeError(path, f"the decoder skipped frame {_first_missing(run, frames)}")
-                rest = tuple(i for later in runs[number:] for i in later.targets if i not in frames)
-                return frames | _decode_runs(path, info, [_Run(None, rest)], corrupt)
-    return frames
+                    missing = next(index for index in run.targets if index not in done)
+                    raise VideoDecodeError(path, f"the decoder skipped frame {missing}")
+                rest = tuple(i for later in runs[number:] for i in later.targets if i not in done)
+                _decode_runs(path, info, [_Run(None, rest)], corrupt, store)
+                return
 
 
 def _collect(
     source: Iterator[tuple[int, av.VideoFrame]],
-    targets: tuple[int, ...],
-    frames: dict[int, np.ndarray],
+    run: _Run,
+    done: set[int],
     path: Path,
     corrupt: str,
+    store: Callable[[int, av.VideoFrame], None],
 ) -> bool:
-    """Convert the ``targets`` (sorted) as ``source`` reaches them; False if one was passed over."""
+    """Store the run's targets (sorted) as ``source`` reaches them; False if one was passed over.
+
+    After a seek to a keyframe, the first frame at or after it must be that keyframe: a seek that
+    lands later (imprecise demuxer) could hand over frames decoded without their references.
+    """
+    keyframe = run.seek_to
+    targets = run.targets
     position = 0
     for index, frame in source:
+        if keyframe is not None and index >= keyframe:
+            if index != keyframe:
+                return False
+            keyframe = None
         target = targets[position]
         if index < target:
             continue
@@ -292,17 +313,14 @@ def _collect(
             return False
         if frame.is_corrupt and corrupt == "raise":
             raise VideoDecodeError(path, f"corrupt data: frame {index} decoded with errors")
-        frames[index] = frame.to_ndarray(format="rgb24")
+        store(index, frame)
+        done.add(index)
         position += 1
         if position == len(targets):
             return True
     raise VideoDecodeError(
         path, f"truncated or corrupt data: frame {targets[position]} could not be decoded (the stream ended)"
     )
-
-
-def _first_missing(run: _Run, frames: dict[int, np.ndarray]) -> int:
-    return next(index for index in run.targets if index not in frames)
 
 
 def _indexed_frames(
@@ -379,7 +397,12 @@ def _check_declared_duration(path: Path, container, stream, pts: list[int]) -> N
     (MP4/MOV/AVI declare a frame count instead, checked by the caller. Transport and program streams
     declare nothing, so a cut one is indistinguishable from a shorter video.)
     """
-    if "matroska" not in container.format.name or not container.duration or len(pts) < 2 or not stream.time_base:
+    if (
+        "matroska" not in container.format.name
+        or not container.duration
+        or len(pts) < 2
+        or not stream.time_base
+    ):
         return
     declared = container.duration / 1_000_000
     ordered = sorted(pts)
@@ -412,7 +435,9 @@ def _frame_rate(stream, num_frames: int, pts: list[int], time_base: Fraction | N
     return 0.0
 
 
-def _duration(stream, container, num_frames: int, fps: float, pts: list[int], time_base: Fraction | None) -> float:
+def _duration(
+    stream, container, num_frames: int, fps: float, pts: list[int], time_base: Fraction | None
+) -> float:
     if stream.duration and time_base:
         return float(stream.duration * time_base)
     if container.duration:

@@ -40,7 +40,9 @@ def synthetic_frames(
     The same arguments give the same frames. Memory stays at a few frames, whatever the length.
     """
     if num_frames < 1 or height < 2 or width < 2:
-        raise ValueError(f"need num_frames >= 1 and a size of at least 2x2, got {num_frames}, {height}x{width}")
+        raise ValueError(
+            f"need num_frames >= 1 and a size of at least 2x2, got {num_frames}, {height}x{width}"
+        )
     rng = np.random.default_rng(seed)
     margin = int(np.ceil(abs(speed) * num_frames)) + 1
     tex_h, tex_w = height + margin, width + margin
@@ -126,7 +128,9 @@ def write_video(
             if codec == "libx264":
                 codec_options.setdefault("x264-params", f"keyint={gop}:min-keyint={gop}:scenecut=0")
             elif codec == "libx265":
-                codec_options.setdefault("x265-params", f"keyint={gop}:min-keyint={gop}:scenecut=0:log-level=error")
+                codec_options.setdefault(
+                    "x265-params", f"keyint={gop}:min-keyint={gop}:scenecut=0:log-level=error"
+                )
             elif codec == "libsvtav1":
                 codec_options.setdefault("svtav1-params", f"keyint={gop}")
         if bframes is not None:
