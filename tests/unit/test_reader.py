@@ -125,10 +125,13 @@ def test_sparse_frames_of_a_long_gop_video_seek_and_decode_less(tmp_path: Path, 
     monkeypatch.setattr(reader, "_indexed_frames", counting)
     frames = read_frames(path, wanted, info=info)
     np.testing.assert_array_equal(frames, full_decode(path)[wanted])
-    assert len(decoded) == 7 + 2 + 11  # frames 0-6, 100-101, 220-230; sequential: 231
+    # at most frames 0-6, 100-101 and 220-230 (unwanted B-frames that nothing references are skipped)
+    assert set(wanted) <= set(decoded)
+    assert len(decoded) <= 7 + 2 + 11
     decoded.clear()
     read_frames(path, wanted, info=info, strategy="sequential")
-    assert decoded == list(range(231))  # stops right after the last wanted frame
+    assert set(wanted) <= set(decoded) <= set(range(231))  # stops right after the last wanted frame
+    assert len(decoded) < 231  # non-reference frames nobody asked for were not decoded
 
 
 def test_plan_decode_hand_cases() -> None:
@@ -267,3 +270,8 @@ def test_a_seek_that_lands_late_falls_back_to_exact_sequential_decoding(tmp_path
     monkeypatch.setattr(reader, "_seek", late_seek)
     wanted = [3, 65, 66, 110]
     np.testing.assert_array_equal(read_frames(path, wanted, info=info), full_decode(path)[wanted])
+
+
+def test_unknown_strategy_is_refused(videos: dict[str, Path]) -> None:
+    with pytest.raises(ValueError, match="strategy"):
+        read_frames(videos["h264_bframes"], [0], strategy="fast")

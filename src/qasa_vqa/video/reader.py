@@ -11,6 +11,8 @@ little as it can while returning exactly the frames a full sequential decode wou
   keyframe before a wanted frame decodes fewer frames (sparse frames in long videos), in which case it
   seeks. Decoded frames are identified by their timestamps, so a seek can never shift the indexing.
   Only the wanted frames are converted to RGB and kept; everything else is dropped as it is decoded.
+  For codecs that mark non-reference frames (H.264, HEVC, MPEG-2/4), unwanted frames that no other
+  frame references are not decoded at all (``skip_frame=NONREF`` per packet).
 * Rotation tags (display matrices written by phones) are applied so frames are upright.
 
 Containers whose packets lack unique timestamps (e.g. some AVI or raw streams) are read by counting
@@ -41,6 +43,11 @@ Strategy = Literal["auto", "sequential", "seek"]
 # Others (MPEG program/transport streams, raw streams) seek by bisecting byte positions; they are read
 # sequentially.
 _INDEXED_FORMATS = ("mov", "mp4", "matroska", "webm", "avi")
+
+# Codecs whose decoders skip exactly the frames no other frame references under skip_frame=NONREF
+# (H.264/HEVC nal_ref_idc / sub-layer non-reference pictures, MPEG B-frames). AV1 and VP9 can show a
+# hidden or earlier frame later, so they are always decoded in full.
+_NONREF_SKIP_CODECS = frozenset({"h264", "hevc", "mpeg2video", "mpeg4"})
 
 # What one keyframe seek costs, in decoded-frame equivalents (demuxer seek, decoder flush, and the
 # decoder's reordering delay refilling). Measured on 1080p H.264: a seek costs about as much as
@@ -148,10 +155,7 @@ def probe(path: str | Path) -> VideoInfo:
         _check_declared_duration(path, container, stream, pts_list)
         if clean and len(set(pts_list)) != len(pts_list):
             clean = False
-        if clean:
-            num_frames = len(pts_list)
-        else:
-            num_frames = _count_by_decoding(path)
+        num_frames = len(pts_list) if clean else _count_by_decoding(path)
         indexed_format = any(name in container.format.name for name in _INDEXED_FORMATS)
         width, height = stream.codec_context.width, stream.codec_context.height
         time_base = stream.time_base
@@ -222,6 +226,8 @@ def read_frames(
     group of wanted frames); ``"auto"`` picks per group by the decoded-frame cost. A frame the decoder
     flags as corrupt raises, unless ``corrupt="keep"``.
     """
+    if strategy not in ("auto", "sequential", "seek"):
+        raise ValueError(f"strategy must be 'auto', 'sequential' or 'seek', got {strategy!r}")
     path = Path(path)
     info = info or probe(path)
     wanted_array = _check_indices(path, indices, info.num_frames)
@@ -245,6 +251,12 @@ def read_frames(
 
     def store(index: int, frame: av.VideoFrame) -> None:
         rgb = frame.to_ndarray(format="rgb24")
+        if rgb.shape[:2] != (info.height, info.width):
+            raise VideoDecodeError(
+                path,
+                f"frame {index} is {rgb.shape[1]}x{rgb.shape[0]} but the stream starts at "
+                f"{info.width}x{info.height}; resolution changes within a video are not supported",
+            )
         for position in positions[index]:
             out[position] = np.rot90(rgb, k=turns) if turns else rgb
 
@@ -266,7 +278,9 @@ def _decode_runs(
     sequentially from a freshly opened file instead: a bad index costs time, never correctness.
     """
     done: set[int] = set()
+    wanted = {index for run in runs for index in run.targets}
     pts_to_index = {pts: i for i, pts in enumerate(info.frame_pts)} if info.seekable else None
+    skip_unwanted = wanted if info.codec in _NONREF_SKIP_CODECS else None
     with _open(path) as container:
         stream = _video_stream(container, path)
         source: Iterator[tuple[int, av.VideoFrame]] | None = None
@@ -275,7 +289,7 @@ def _decode_runs(
                 _seek(container, stream, path, info.frame_pts[run.seek_to])
                 source = None
             if source is None:
-                source = _indexed_frames(container, stream, path, pts_to_index)
+                source = _indexed_frames(container, stream, path, pts_to_index, skip_unwanted)
             if not _collect(source, run, done, path, corrupt, store):
                 if run.seek_to is None:
                     missing = next(index for index in run.targets if index not in done)
@@ -328,23 +342,35 @@ def _indexed_frames(
     stream: av.video.stream.VideoStream,
     path: Path,
     pts_to_index: dict[int, int] | None,
+    wanted: set[int] | None = None,
 ) -> Iterator[tuple[int, av.VideoFrame]]:
-    """Yield ``(frame index, frame)`` from the current position, by timestamp or by counting."""
+    """Yield ``(frame index, frame)`` from the current position, by timestamp or by counting.
+
+    With ``wanted`` (and timestamps), packets of unwanted frames are decoded with
+    ``skip_frame=NONREF``: a non-reference frame (e.g. most B-frames) that nobody asked for is not
+    decoded at all. No other frame references it, so every other frame is decoded bit-identically.
+    """
+    context = stream.codec_context
     counter = 0
     try:
-        for frame in container.decode(stream):
-            if pts_to_index is None:
-                yield counter, frame
-                counter += 1
-                continue
-            index = pts_to_index.get(frame.pts) if frame.pts is not None else None
-            if index is None:
-                raise VideoDecodeError(
-                    path, f"decoded a frame with timestamp {frame.pts} that the container does not list"
-                )
-            yield index, frame
+        for packet in container.demux(stream):
+            if wanted is not None and pts_to_index is not None and packet.pts is not None:
+                context.skip_frame = "DEFAULT" if pts_to_index.get(packet.pts) in wanted else "NONREF"
+            for frame in stream.decode(packet):
+                if pts_to_index is None:
+                    yield counter, frame
+                    counter += 1
+                    continue
+                index = pts_to_index.get(frame.pts) if frame.pts is not None else None
+                if index is None:
+                    raise VideoDecodeError(
+                        path, f"decoded a frame with timestamp {frame.pts} that the container does not list"
+                    )
+                yield index, frame
     except av.FFmpegError as error:
         raise VideoDecodeError(path, f"truncated or corrupt data ({_reason(error)})") from error
+    finally:
+        context.skip_frame = "DEFAULT"
 
 
 def _seek(
@@ -383,7 +409,7 @@ def _video_stream(container: av.container.InputContainer, path: Path) -> av.vide
 
 def _upright_rotation(frame: av.VideoFrame) -> int:
     """The counter-clockwise rotation (0/90/180/270) that makes ``frame`` upright."""
-    return int(round(frame.rotation / 90.0)) % 4 * 90
+    return round(frame.rotation / 90.0) % 4 * 90
 
 
 def _reason(error: av.FFmpegError) -> str:
