@@ -150,21 +150,12 @@ def test_plan_decode_hand_cases() -> None:
 # bad input
 
 
-def _zero_frame_video(path: Path) -> Path:
-    """A Matroska file with a declared video stream that holds no frames (only audio packets)."""
+def _silent_audio(path: Path, *, with_video_stream: bool) -> Path:
+    """0.1 s of silence; with ``with_video_stream`` also a declared video stream that gets no frames."""
     with av.open(str(path), "w") as container:
-        video = container.add_stream("mpeg4", rate=25)
-        video.width, video.height, video.pix_fmt = 64, 64, "yuv420p"
-        audio = container.add_stream("pcm_s16le", rate=8000)
-        frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
-        frame.sample_rate = 8000
-        for packet in audio.encode(frame):
-            container.mux(packet)
-    return path
-
-
-def _audio_only(path: Path) -> Path:
-    with av.open(str(path), "w") as container:
+        if with_video_stream:
+            video = container.add_stream("mpeg4", rate=25)
+            video.width, video.height, video.pix_fmt = 64, 64, "yuv420p"
         audio = container.add_stream("pcm_s16le", rate=8000)
         frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
         frame.sample_rate = 8000
@@ -207,8 +198,8 @@ BAD_INPUTS = {
         lambda d: _write(d / "noise.mkv", np.random.default_rng(1).bytes(4096)),
         "not a readable video",
     ),
-    "audio_only": (lambda d: _audio_only(d / "sound.wav"), "no video stream"),
-    "zero_frames": (lambda d: _zero_frame_video(d / "zero.mkv"), "no video frames"),
+    "audio_only": (lambda d: _silent_audio(d / "sound.wav", with_video_stream=False), "no video stream"),
+    "zero_frames": (lambda d: _silent_audio(d / "zero.mkv", with_video_stream=True), "no video frames"),
     "truncated_mp4": (lambda d: _damage(_clip(d / "a.mp4"), d / "cut.mp4", keep=0.5), "not a readable video"),
     "truncated_faststart_mp4": (
         lambda d: _damage(_clip(d / "b.mp4", options={"movflags": "faststart"}), d / "cut_fs.mp4", keep=0.6),
