@@ -159,8 +159,8 @@ def probe(path: str | Path) -> VideoInfo:
         indexed_format = any(name in container.format.name for name in _INDEXED_FORMATS)
         width, height = stream.codec_context.width, stream.codec_context.height
         time_base = stream.time_base
-        fps = _frame_rate(stream, num_frames, pts_list, time_base)
-        duration = _duration(stream, container, num_frames, fps, pts_list, time_base)
+        fps = _frame_rate(stream, pts_list, time_base)
+        duration = _duration(stream, container, num_frames, fps)
     frame_pts = tuple(sorted(pts_list)) if clean else ()
     keyframes: tuple[int, ...] = ()
     if clean:
@@ -234,19 +234,18 @@ def read_frames(
     height, width = (info.display_height, info.display_width) if upright else (info.height, info.width)
     if wanted_array.size == 0:
         return np.empty((0, height, width, 3), dtype=np.uint8)
-    unique = np.unique(wanted_array)
-    if info.seekable and strategy != "sequential":
-        cost = SEEK_COST_FRAMES if strategy == "auto" else -(10**9)
-        runs = [
-            _Run(start, targets)
-            for start, targets in plan_decode(unique.tolist(), info.keyframes, seek_cost=cost)
-        ]
-    else:
-        runs = [_Run(None, tuple(unique.tolist()))]
-    out = np.empty((wanted_array.size, height, width, 3), dtype=np.uint8)
     positions: dict[int, list[int]] = {}
     for position, index in enumerate(wanted_array.tolist()):
         positions.setdefault(index, []).append(position)
+    unique = sorted(positions)
+    if info.seekable and strategy != "sequential":
+        cost = SEEK_COST_FRAMES if strategy == "auto" else -(10**9)
+        runs = [
+            _Run(start, targets) for start, targets in plan_decode(unique, info.keyframes, seek_cost=cost)
+        ]
+    else:
+        runs = [_Run(None, tuple(unique))]
+    out = np.empty((wanted_array.size, height, width, 3), dtype=np.uint8)
     turns = (info.rotation // 90) if upright else 0
 
     def store(index: int, frame: av.VideoFrame) -> None:
@@ -451,7 +450,7 @@ def _count_by_decoding(path: Path) -> int:
             ) from error
 
 
-def _frame_rate(stream, num_frames: int, pts: list[int], time_base: Fraction | None) -> float:
+def _frame_rate(stream, pts: list[int], time_base: Fraction | None) -> float:
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
     if rate:
         return float(rate)
@@ -461,11 +460,9 @@ def _frame_rate(stream, num_frames: int, pts: list[int], time_base: Fraction | N
     return 0.0
 
 
-def _duration(
-    stream, container, num_frames: int, fps: float, pts: list[int], time_base: Fraction | None
-) -> float:
-    if stream.duration and time_base:
-        return float(stream.duration * time_base)
+def _duration(stream, container, num_frames: int, fps: float) -> float:
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
     if container.duration:
         return container.duration / 1_000_000
     return num_frames / fps if fps else 0.0
