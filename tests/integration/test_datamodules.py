@@ -1,0 +1,209 @@
+"""DataModules: the Lightning contract (prepare_data writes, setup reads), batch shapes of METHOD.md
+4.2 / 5.1 / 2.2, the labelled-driven epoch with a cycling unlabelled stream, and a real Trainer run."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import LightningModule, Trainer
+
+from corpora import write_labelled_clips, write_version_tree
+from qasa_vqa.data.datamodules import ManifestSource, PretrainDataModule, SemiSupervisedDataModule
+from qasa_vqa.data.splits import SplitError
+from qasa_vqa.errors import QasaVqaError
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_labelled_clips(tmp_path_factory.mktemp("corpus"), 9, frames=72)
+
+
+def _module(corpus: Path, tmp_path: Path, **options) -> SemiSupervisedDataModule:
+    settings = {
+        "n_labelled": 4,
+        "n_unlabelled": 3,
+        "n_validation": 1,
+        "split_dir": tmp_path / "splits",
+        "batch_size": 2,
+        "test_sets": {"mine": {"manifest": corpus}},
+    }
+    settings.update(options)
+    return SemiSupervisedDataModule({"manifest": corpus}, **settings)
+
+
+def _state(module) -> dict:
+    return {key: repr(value) for key, value in vars(module).items()}
+
+
+def test_prepare_data_writes_the_split_and_keeps_no_state(corpus: Path, tmp_path: Path) -> None:
+    module = _module(corpus, tmp_path)
+    before = _state(module)
+    module.prepare_data()
+    assert _state(module) == before
+    assert module.split_file.parent == tmp_path / "splits"
+    assert module.split_file.name == "manifest_random_4lab_1val_3unlab_seed0.json"
+    payload = json.loads(module.split_file.read_text())
+    assert payload["counts"] == {"labelled": 4, "validation": 1, "unlabelled": 3}
+    content = module.split_file.read_bytes()
+    _module(corpus, tmp_path).prepare_data()  # a second process finds the file and leaves it
+    assert module.split_file.read_bytes() == content
+
+
+def test_setup_needs_the_split_file_and_the_same_manifest(corpus: Path, tmp_path: Path) -> None:
+    module = _module(corpus, tmp_path)
+    with pytest.raises(SplitError, match="no split file yet; call prepare_data"):
+        module.setup("fit")
+    module.prepare_data()
+    changed = tmp_path / "manifest.csv"
+    changed.write_text(corpus.read_text().replace(",10\n", ",11\n"))
+    moved = SemiSupervisedDataModule(
+        {"manifest": changed, "root": corpus.parent},
+        split_file=module.split_file,
+        n_labelled=4,
+        n_unlabelled=3,
+    )
+    with pytest.raises(SplitError, match=r"another version of .*manifest\.csv"):
+        moved.setup("fit")
+
+
+def test_train_batches_have_the_shapes_of_the_paper(corpus: Path, tmp_path: Path) -> None:
+    module = _module(corpus, tmp_path)
+    module.prepare_data()
+    module.setup("fit")
+    loader = module.train_dataloader()
+    batches = iter(loader)
+    assert len(loader) == 2  # 4 labelled / batch 2 drive the epoch; the unlabelled loader follows
+    batch, _, _ = next(batches)
+    labelled, unlabelled = batch["labelled"], batch["unlabelled"]
+    assert labelled["frag_v"].shape == (2, 3, 32, 224, 224)
+    assert labelled["frag_a"].shape == (2, 3, 32, 224, 224)
+    assert labelled["resize_v"].shape == (2, 32, 3, 224, 224)
+    assert labelled["resize_a"].shape == (2, 8, 3, 224, 224)
+    assert labelled["mos"].shape == (2,) and labelled["mos"].dtype == torch.float32
+    assert unlabelled["frag_v"].shape == (2, 3, 32, 224, 224) and "mos" not in unlabelled
+    split_paths = {name: {r.path for r in getattr(module.split, name)} for name in ("labelled", "unlabelled")}
+    assert set(labelled["path"]) <= split_paths["labelled"]
+    assert set(unlabelled["path"]) <= split_paths["unlabelled"]
+
+
+def test_validation_and_test_loaders(corpus: Path, tmp_path: Path) -> None:
+    module = _module(corpus, tmp_path, val_sets={"extra": ManifestSource(corpus)})
+    module.prepare_data()
+    module.setup("fit")
+    assert module.val_names == ["validation", "extra"]
+    loaders = module.val_dataloader()
+    assert [len(loader.dataset) for loader in loaders] == [1, 9]
+    batch = next(iter(loaders[0]))
+    assert batch["frag"].shape == (1, 3, 64, 224, 224) and batch["resize"].shape == (1, 64, 3, 224, 224)
+    assert batch["path"] == [module.split.validation[0].path]
+    module.setup("test")
+    assert module.test_names == ["mine"] and len(module.test_dataloader()[0]) == 9
+
+
+def test_official_strategy_gives_the_paper_split(tmp_path: Path) -> None:
+    pool = tmp_path / "semisupervised.json"
+    pool.write_text(json.dumps([{"filename": f"b/{i}.mp4", "label": 20 + i % 60} for i in range(1999)]))
+    module = SemiSupervisedDataModule({"manifest": pool}, strategy="official", split_dir=tmp_path)
+    module.prepare_data()
+    module.setup("fit")
+    assert module.split_file.name == "semisupervised_official-qasa.json"
+    assert len(module.datasets["labelled"]) == 500 and len(module.datasets["unlabelled"]) == 1499
+    assert module.split.labelled[1].path == "b/4.mp4"
+    loader = module.train_dataloader()
+    iter(loader)
+    assert len(loader) == 83  # 500 // 6, as in the paper
+
+
+def test_bad_settings_are_reported(corpus: Path, tmp_path: Path) -> None:
+    with pytest.raises(SplitError, match="unknown split strategy 'best'"):
+        _module(corpus, tmp_path, strategy="best")
+    module = _module(corpus, tmp_path, n_labelled=1, n_unlabelled=2, batch_size=2)
+    module.prepare_data()
+    module.setup("fit")
+    with pytest.raises(
+        SplitError, match="1 labelled videos over 1 process\\(es\\) do not fill one batch of 2"
+    ):
+        module.train_dataloader()
+
+
+class _Recorder(LightningModule):
+    """Records which videos each training step saw; learns nothing of note."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+        self.seen: list[tuple[int, list[str], list[str]]] = []
+
+    def training_step(self, batch, batch_idx):
+        labelled, unlabelled = batch["labelled"], batch["unlabelled"]
+        assert labelled["frag_v"].shape[1:] == (3, 32, 224, 224)
+        self.seen.append((self.current_epoch, list(labelled["path"]), list(unlabelled["path"])))
+        return (self.weight - labelled["mos"].mean()) ** 2 + 0 * unlabelled["frag_a"].mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_two_workers_two_epochs_with_a_trainer(corpus: Path, tmp_path: Path) -> None:
+    module = _module(corpus, tmp_path, n_validation=0, n_unlabelled=5, num_workers=2)
+    recorder = _Recorder()
+    trainer = Trainer(
+        accelerator="cpu",
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(recorder, datamodule=module)
+    assert [epoch for epoch, _, _ in recorder.seen] == [0, 0, 1, 1]
+    labelled_by_epoch = [
+        [p for e, paths, _ in recorder.seen if e == epoch for p in paths] for epoch in (0, 1)
+    ]
+    assert sorted(labelled_by_epoch[0]) == sorted(
+        labelled_by_epoch[1]
+    )  # every labelled video, once per epoch
+    assert labelled_by_epoch[0] != labelled_by_epoch[1]  # reshuffled (set_epoch reached the sampler)
+    stream = [path for _, _, paths in recorder.seen for path in paths]
+    assert len(stream) == 8 and sorted(stream[:5]) == sorted({r.path for r in module.split.unlabelled})
+    again = _Recorder()
+    Trainer(
+        accelerator="cpu",
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    ).fit(again, datamodule=_module(corpus, tmp_path, n_validation=0, n_unlabelled=5, num_workers=2))
+    assert again.seen == recorder.seen  # the same seed gives the same batches
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_version_tree(tmp_path_factory.mktemp("tree"), scenes=3, frames=72)
+
+
+def test_pretrain_batches_have_the_shapes_of_the_reference(tree: Path) -> None:
+    module = PretrainDataModule(tree, batch_size=2)
+    before = copy.copy(vars(module))
+    module.prepare_data()
+    assert vars(module) == before
+    module.setup("fit")
+    loader = module.train_dataloader()
+    assert len(loader) == 2  # 3 scenes, batches of 2, the last one short
+    batch = next(iter(loader))
+    assert batch["view1"].shape == (2, 10, 3, 32, 224, 224)
+    assert batch["view2"].shape == (2, 10, 3, 32, 224, 224)
+    assert batch["versions"].shape == (2, 10) and (batch["versions"][:, 0] == 0).all()
+
+
+def test_pretrain_without_a_tree_says_how_to_make_one(tmp_path: Path) -> None:
+    with pytest.raises(QasaVqaError, match="qasa-vqa demo-data"):
+        PretrainDataModule(tmp_path / "missing").prepare_data()
