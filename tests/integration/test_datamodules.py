@@ -207,3 +207,26 @@ def test_pretrain_batches_have_the_shapes_of_the_reference(tree: Path) -> None:
 def test_pretrain_without_a_tree_says_how_to_make_one(tmp_path: Path) -> None:
     with pytest.raises(QasaVqaError, match="qasa-vqa demo-data"):
         PretrainDataModule(tmp_path / "missing").prepare_data()
+
+
+class _FakeTrainer:
+    """What the DataModule reads of a DDP trainer: the world size and this process's rank."""
+
+    def __init__(self, world_size: int, global_rank: int) -> None:
+        self.world_size, self.global_rank = world_size, global_rank
+
+
+def test_ddp_ranks_see_disjoint_videos_and_the_same_number_of_batches(corpus: Path, tmp_path: Path) -> None:
+    views = {"segments": 2, "frames_per_segment": 2, "grid": 2, "patch": 16, "size": 32}
+    seen = []
+    for rank in range(2):
+        module = _module(corpus, tmp_path, n_labelled=8, n_unlabelled=1, n_validation=0, views=views)
+        module.trainer = _FakeTrainer(2, rank)
+        module.prepare_data()
+        module.setup("fit")
+        loader = module.train_dataloader()
+        batches = [batch for batch, _, _ in loader]
+        assert len(batches) == 2  # 8 labelled / 2 ranks / batch 2
+        seen.append([path for batch in batches for path in batch["labelled"]["path"]])
+    assert not set(seen[0]) & set(seen[1])
+    assert sorted(seen[0] + seen[1]) == sorted(r.path for r in module.split.labelled)
