@@ -48,6 +48,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=Path("demo_output"), help="output folder (default: demo_output)"
     )
     demo.add_argument("--seed", type=int, default=0)
+
+    synth = commands.add_parser(
+        "synth", help="write the 12 ST-VQRL distorted versions of every video: OUT_DIR/<k>/<name>, k = 0..12"
+    )
+    synth.add_argument("in_dir", type=Path, metavar="IN_DIR", help="folder of pristine videos (recursive)")
+    synth.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="tree to write (resumes if present)")
+    synth.add_argument("--workers", type=int, default=None, help="parallel processes (default: min(4, CPUs))")
+    synth.add_argument(
+        "--versions", default=None, help="versions to write, e.g. 0,1,5 or 1-3 (default: 0-12)"
+    )
+    synth.add_argument("--no-progress", action="store_true", help="no progress bar")
+    synth.add_argument(
+        "--minterpolate",
+        default=None,
+        help="minterpolate options of versions 10-12 (default: FFmpeg's defaults, as the reference); "
+        "'blend' blends neighbouring frames instead",
+    )
     return parser
 
 
@@ -112,4 +129,23 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"probe": _probe, "views": _views, "demo": _demo}
+def _synth(args: argparse.Namespace) -> int:
+    from qasa_vqa.video.distortions import MINTERPOLATE_OPTIONS, parse_versions, synthesize_tree
+
+    minterpolate = {None: MINTERPOLATE_OPTIONS, "blend": None}.get(args.minterpolate, args.minterpolate)
+    report = synthesize_tree(
+        args.in_dir,
+        args.out_dir,
+        versions=parse_versions(args.versions) if args.versions else range(13),
+        workers=args.workers,
+        progress=not args.no_progress,
+        minterpolate=minterpolate,
+    )
+    for failure in report.failed:
+        print(f"failed: {failure.source} version {failure.version}: {failure.reason}", file=sys.stderr)
+    print(f"written {len(report.written)}, skipped {len(report.skipped)}, failed {len(report.failed)}")
+    print(f"manifest: {report.manifest}")
+    return 1 if report.failed else 0
+
+
+_COMMANDS = {"probe": _probe, "views": _views, "demo": _demo, "synth": _synth}

@@ -44,7 +44,7 @@ from qasa_vqa.video.fragments import (
     normalise,
     upsample_for_fragments,
 )
-from qasa_vqa.video.reader import VideoInfo, probe, read_frames
+from qasa_vqa.video.reader import VIDEO_SUFFIXES, VideoInfo, probe, read_frames
 from qasa_vqa.video.sampling import contiguous_clip_indices, fragment_frame_indices
 
 __all__ = [
@@ -59,7 +59,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 OnError = Literal["skip", "raise"]
-VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".mpg", ".mpeg", ".m4v", ".ts")
 
 
 @dataclass(frozen=True)

@@ -35,9 +35,12 @@ import numpy as np
 
 from qasa_vqa.errors import VideoDecodeError
 
-__all__ = ["Strategy", "VideoInfo", "plan_decode", "probe", "read_frames"]
+__all__ = ["VIDEO_SUFFIXES", "Strategy", "VideoInfo", "plan_decode", "probe", "read_frames"]
 
 Strategy = Literal["auto", "sequential", "seek"]
+
+# File name endings taken for videos when a folder is searched (synth, distortion trees, scoring).
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".mpg", ".mpeg", ".m4v", ".ts")
 
 # Containers with a real frame index, where seeking to a keyframe timestamp lands on that keyframe.
 # Others (MPEG program/transport streams, raw streams) seek by bisecting byte positions; they are read
