@@ -1,8 +1,11 @@
 """The ``qasa-vqa`` command line (also ``python -m qasa_vqa``).
 
-Subcommands today: ``probe`` (what the reader sees in a video), ``views`` (draw the four model views of
-a video as a PNG) and ``demo`` (make a sample clip and draw its views). Errors the library raises on
-purpose are printed as one line and exit with status 2; nothing here prints a traceback for bad input.
+Subcommands: ``probe`` (what the reader sees in a video), ``views`` (draw the four model views of a
+video as a PNG), ``demo`` (make a sample clip and draw its views), ``synth`` (the ST-VQRL distortion
+tree of a folder of pristine videos), ``demo-data`` (the generated demo corpus), ``manifest`` (read and
+summarise a label file) and ``split`` (write a split file of labelled / unlabelled videos). Errors the
+library raises on purpose are printed as one line and exit with status 2; nothing here prints a
+traceback for bad input.
 """
 
 from __future__ import annotations
@@ -64,6 +67,32 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="minterpolate options of versions 10-12 (default: FFmpeg's defaults, as the reference); "
         "'blend' blends neighbouring frames instead",
+    )
+
+    manifest = commands.add_parser(
+        "manifest", help="read a label file (any supported format) and summarise it: format, count, MOS scale"
+    )
+    manifest.add_argument("file", type=Path, metavar="FILE")
+    manifest.add_argument("--format", default="auto", help="label format (default: detected)")
+    manifest.add_argument("--root", type=Path, default=None, help="video folder: also count missing videos")
+    manifest.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    split = commands.add_parser(
+        "split", help="write a split file: labelled / validation / unlabelled videos of a label file"
+    )
+    split.add_argument("file", type=Path, metavar="MANIFEST")
+    split.add_argument(
+        "--out", type=Path, required=True, help="split file to write (JSON); kept if it exists"
+    )
+    split.add_argument("--official", action="store_true", help="the QASA paper's 500 / 1,499 split of LSVQ")
+    split.add_argument("--labelled", type=int, default=None, help="number of labelled videos")
+    split.add_argument(
+        "--unlabelled", type=int, default=None, help="number of unlabelled videos (default: the rest)"
+    )
+    split.add_argument("--validation", type=int, default=0, help="number of held-out validation videos")
+    split.add_argument("--seed", type=int, default=0)
+    split.add_argument(
+        "--strategy", default="random", help="random, mos-stratified or linspace (default: random)"
     )
     return parser
 
@@ -148,4 +177,65 @@ def _synth(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
-_COMMANDS = {"probe": _probe, "views": _views, "demo": _demo, "synth": _synth}
+def _manifest(args: argparse.Namespace) -> int:
+    from qasa_vqa.data.manifests import read_manifest
+
+    manifest = read_manifest(args.file, args.format, args.root, missing="keep")
+    scores = [record.mos for record in manifest if record.mos is not None]
+    fields = {
+        "file": str(manifest.source),
+        "format": manifest.format,
+        "entries": len(manifest),
+        "labelled": len(scores),
+        "scale": list(manifest.scale),
+        "mos_min": min(scores) if scores else None,
+        "mos_mean": round(sum(scores) / len(scores), 6) if scores else None,
+        "mos_max": max(scores) if scores else None,
+        "missing": len(manifest.missing) if args.root is not None else None,
+        "sha256": manifest.sha256,
+    }
+    if args.json:
+        print(json.dumps(fields))
+    else:
+        for key, value in fields.items():
+            if value is not None:
+                print(f"{key:>9}: {value}")
+    return 0
+
+
+def _split(args: argparse.Namespace) -> int:
+    from qasa_vqa.data.manifests import read_manifest
+    from qasa_vqa.data.splits import budget_split, ensure_split_file, official_qasa_split
+
+    if args.official == (args.labelled is not None):
+        raise QasaVqaError("give either --official or --labelled N")
+    manifest = read_manifest(args.file)
+    made = (
+        official_qasa_split(manifest)
+        if args.official
+        else budget_split(
+            manifest,
+            args.labelled,
+            args.unlabelled,
+            seed=args.seed,
+            strategy=args.strategy,
+            n_validation=args.validation,
+        )
+    )
+    existed = args.out.exists()
+    split = ensure_split_file(args.out, made)
+    counts = ", ".join(
+        f"{len(getattr(split, name))} {name}" for name in ("labelled", "validation", "unlabelled")
+    )
+    print(f"{'kept' if existed else 'wrote'} {args.out}: {counts}")
+    return 0
+
+
+_COMMANDS = {
+    "probe": _probe,
+    "views": _views,
+    "demo": _demo,
+    "synth": _synth,
+    "manifest": _manifest,
+    "split": _split,
+}
