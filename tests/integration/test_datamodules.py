@@ -230,3 +230,27 @@ def test_ddp_ranks_see_disjoint_videos_and_the_same_number_of_batches(corpus: Pa
         seen.append([path for batch in batches for path in batch["labelled"]["path"]])
     assert not set(seen[0]) & set(seen[1])
     assert sorted(seen[0] + seen[1]) == sorted(r.path for r in module.split.labelled)
+
+
+def test_sources_can_pick_a_split_of_a_plain_csv(corpus: Path, tmp_path: Path) -> None:
+    rows = corpus.read_text().splitlines()
+    tagged = tmp_path / "tagged.csv"
+    tagged.write_text(
+        "path,mos,split\n"
+        + "".join(f"{row},{'test' if i >= 6 else 'train'}\n" for i, row in enumerate(rows[1:]))
+    )
+    module = SemiSupervisedDataModule(
+        {"manifest": tagged, "root": corpus.parent, "split": "train"},
+        n_labelled=4,
+        split_dir=tmp_path / "splits",
+        test_sets={"held-out": {"manifest": tagged, "root": corpus.parent, "split": "test"}},
+    )
+    module.prepare_data()
+    module.setup()
+    assert module.split_file.name == "tagged-train_random_4lab_0val_allunlab_seed0.json"
+    assert module.split.inputs["manifest_split"] == "train" and len(module.split.unlabelled) == 2
+    train_paths = {r.path for r in module.split.labelled + module.split.unlabelled}
+    test_paths = [r.path for r in module.datasets["test/held-out"].records]
+    assert test_paths == ["clips/c6.mp4", "clips/c7.mp4", "clips/c8.mp4"] and not train_paths & set(
+        test_paths
+    )

@@ -161,6 +161,11 @@ def test_plain_csv_split_and_unlabelled_entries(tmp_path: Path) -> None:
     manifest = read_manifest(_write(tmp_path, "m.csv", SAMPLES["plain_csv"][1]))
     assert [r.path for r in manifest.split("train")] == ["clips/a.mp4", "clips/b.mp4"]
     assert [r.path for r in manifest.split("test")] == ["clips/c.mp4"]
+    test_only = manifest.only("test")
+    assert [r.path for r in test_only] == ["clips/c.mp4"] and test_only.subset == "test"
+    assert test_only.sha256 == manifest.sha256 and test_only.scale == manifest.scale
+    with pytest.raises(ManifestError, match=r"no entries with split 'val' \(splits: \['test', 'train'\]\)"):
+        manifest.only("val")
     paths_only = read_manifest(_write(tmp_path, "p.csv", "path\nx.mp4\ny.mp4\n"))
     assert [r.mos for r in paths_only] == [None, None]
 

@@ -62,10 +62,12 @@ class ManifestSource:
     format: str = "auto"
     scale: tuple[float, float] | str | None = None
     missing: Literal["error", "drop", "keep"] = "error"
+    split: str | None = None  # keep only the entries of this split (plain CSV's ``split`` column)
 
     def read(self) -> Manifest:
         scale = tuple(self.scale) if isinstance(self.scale, list | tuple) else self.scale
-        return read_manifest(self.manifest, self.format, self.root, scale=scale, missing=self.missing)
+        manifest = read_manifest(self.manifest, self.format, self.root, scale=scale, missing=self.missing)
+        return manifest.only(self.split) if self.split is not None else manifest
 
     @property
     def video_root(self) -> Path:
@@ -183,6 +185,8 @@ class SemiSupervisedDataModule(_DataModule):
 
     def _split_name(self) -> str:
         stem = Path(self.train_source.manifest).stem
+        if self.train_source.split is not None:
+            stem = f"{stem}-{self.train_source.split}"
         if self.strategy == "official":
             return f"{stem}_official-qasa.json"
         unlabelled = "all" if self.budget["n_unlabelled"] is None else self.budget["n_unlabelled"]

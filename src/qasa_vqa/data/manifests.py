@@ -37,7 +37,7 @@ import logging
 import math
 import posixpath
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Literal
 
@@ -111,6 +111,7 @@ class Manifest:
     sha256: str
     root: Path | None = None
     missing: tuple[str, ...] = ()
+    subset: str | None = None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -129,6 +130,14 @@ class Manifest:
     def split(self, name: str) -> list[VideoRecord]:
         """The records whose ``split`` field (plain CSV) equals ``name``."""
         return [record for record in self.records if record.extra.get("split") == name]
+
+    def only(self, name: str) -> Manifest:
+        """This manifest restricted to the records of split ``name`` (an error if there are none)."""
+        records = tuple(self.split(name))
+        if not records:
+            names = sorted({str(r.extra["split"]) for r in self.records if "split" in r.extra})
+            raise ManifestError(f"{self.source}: no entries with split {name!r} (splits: {names or 'none'})")
+        return replace(self, records=records, subset=name)
 
     def resolve(self, record: VideoRecord) -> Path:
         """The file of ``record`` under the root (the manifest's folder when no root was given)."""

@@ -257,6 +257,7 @@ def _manifest_inputs(manifest: Manifest) -> dict[str, Any]:
         "manifest_sha256": manifest.sha256,
         "manifest_entries": len(manifest),
         "mos_scale": list(manifest.scale),
+        **({"manifest_split": manifest.subset} if manifest.subset is not None else {}),
     }
 
 
