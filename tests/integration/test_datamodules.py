@@ -148,8 +148,7 @@ class _Recorder(LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def test_two_workers_two_epochs_with_a_trainer(corpus: Path, tmp_path: Path) -> None:
-    module = _module(corpus, tmp_path, n_validation=0, n_unlabelled=5, num_workers=2)
+def _fit_two_epochs(module: SemiSupervisedDataModule, root: Path) -> _Recorder:
     recorder = _Recorder()
     trainer = Trainer(
         accelerator="cpu",
@@ -159,29 +158,24 @@ def test_two_workers_two_epochs_with_a_trainer(corpus: Path, tmp_path: Path) -> 
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
+        default_root_dir=root,
     )
     trainer.fit(recorder, datamodule=module)
+    return recorder
+
+
+def test_two_workers_two_epochs_with_a_trainer(corpus: Path, tmp_path: Path) -> None:
+    module = _module(corpus, tmp_path, n_validation=0, n_unlabelled=5, num_workers=2)
+    recorder = _fit_two_epochs(module, tmp_path)
     assert [epoch for epoch, _, _ in recorder.seen] == [0, 0, 1, 1]
-    labelled_by_epoch = [
-        [p for e, paths, _ in recorder.seen if e == epoch for p in paths] for epoch in (0, 1)
-    ]
-    assert sorted(labelled_by_epoch[0]) == sorted(
-        labelled_by_epoch[1]
-    )  # every labelled video, once per epoch
-    assert labelled_by_epoch[0] != labelled_by_epoch[1]  # reshuffled (set_epoch reached the sampler)
+    by_epoch = [[p for e, paths, _ in recorder.seen if e == epoch for p in paths] for epoch in (0, 1)]
+    assert sorted(by_epoch[0]) == sorted(by_epoch[1])  # every labelled video, once per epoch
+    assert by_epoch[0] != by_epoch[1]  # reshuffled (set_epoch reached the sampler)
     stream = [path for _, _, paths in recorder.seen for path in paths]
     assert len(stream) == 8 and sorted(stream[:5]) == sorted({r.path for r in module.split.unlabelled})
-    again = _Recorder()
-    Trainer(
-        accelerator="cpu",
-        max_epochs=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    ).fit(again, datamodule=_module(corpus, tmp_path, n_validation=0, n_unlabelled=5, num_workers=2))
+    again = _fit_two_epochs(
+        _module(corpus, tmp_path, n_validation=0, n_unlabelled=5, num_workers=2), tmp_path
+    )
     assert again.seen == recorder.seen  # the same seed gives the same batches
 
 
