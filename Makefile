@@ -6,9 +6,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo_output
+DEMO_DATA ?= demo_data
 PYTEST_ARGS ?=
 
-.PHONY: help install test test-all lint format bench demo clean
+.PHONY: help install test test-all lint format bench demo demo-data clean
 
 help: ## List the commands
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -40,6 +41,9 @@ bench: $(STAMP) ## Run the benchmarks (decode); prints medians and ratios
 
 demo: $(STAMP) ## Generate a sample clip and draw what the models see (demo_output/views.png)
 	$(PY) -m qasa_vqa demo --out $(DEMO_DIR)
+
+demo-data: $(STAMP) ## Generate the demo corpus offline (demo_data/: rated clips, manifest, ST-VQRL tree)
+	$(PY) -m qasa_vqa demo-data --out $(DEMO_DATA)
 
 clean: ## Remove caches, build outputs and demo output (keeps .venv)
 	rm -rf build dist src/*.egg-info .pytest_cache .ruff_cache $(DEMO_DIR)

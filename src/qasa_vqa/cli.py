@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -68,6 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="minterpolate options of versions 10-12 (default: FFmpeg's defaults, as the reference); "
         "'blend' blends neighbouring frames instead",
     )
+
+    demo_data = commands.add_parser(
+        "demo-data", help="generate the demo corpus: rated clips from real photographs + a distortion tree"
+    )
+    demo_data.add_argument("--out", type=Path, default=Path("demo_data"), help="folder (default: demo_data)")
+    demo_data.add_argument(
+        "--seed", type=int, default=0, help="the same seed gives the same corpus (default: 0)"
+    )
+    demo_data.add_argument("--workers", type=int, default=None, help="parallel processes (default: all CPUs)")
+    demo_data.add_argument("--no-tree", action="store_true", help="skip the ST-VQRL distortion tree")
+    demo_data.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     manifest = commands.add_parser(
         "manifest", help="read a label file (any supported format) and summarise it: format, count, MOS scale"
@@ -177,6 +189,27 @@ def _synth(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
+def _demo_data(args: argparse.Namespace) -> int:
+    from qasa_vqa.data.synthetic import generate_demo_corpus
+
+    started = time.perf_counter()
+    corpus = generate_demo_corpus(
+        args.out,
+        seed=args.seed,
+        workers=args.workers,
+        progress=not args.no_progress,
+        build_tree=not args.no_tree,
+    )
+    print(
+        f"demo corpus in {corpus.root} ({time.perf_counter() - started:.0f} s): {corpus.num_clips} rated clips "
+        f"of {corpus.num_scenes} scenes, {corpus.num_train} train / {corpus.num_test} test (no shared scene)"
+    )
+    print(f"  labels:  {corpus.manifest}  (path,mos,split; MOS 0-100)")
+    if corpus.tree_dir is not None:
+        print(f"  ST-VQRL tree: {corpus.tree_dir}  ({len(corpus.tree_scenes)} scenes x 13 versions)")
+    return 0
+
+
 def _manifest(args: argparse.Namespace) -> int:
     from qasa_vqa.data.manifests import read_manifest
 
@@ -236,6 +269,7 @@ _COMMANDS = {
     "views": _views,
     "demo": _demo,
     "synth": _synth,
+    "demo-data": _demo_data,
     "manifest": _manifest,
     "split": _split,
 }

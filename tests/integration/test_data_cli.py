@@ -68,3 +68,11 @@ def test_split_errors_are_one_line(
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "s.json").exists()
+
+
+def test_demo_data_refuses_a_folder_holding_something_else(tmp_path: Path, capsys) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["demo-data", "--out", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{tmp_path} is not empty and holds no demo corpus of seed 0" in err and len(err.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

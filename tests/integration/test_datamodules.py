@@ -14,6 +14,7 @@ from lightning.pytorch import LightningModule, Trainer
 from corpora import write_labelled_clips, write_version_tree
 from qasa_vqa.data.datamodules import ManifestSource, PretrainDataModule, SemiSupervisedDataModule
 from qasa_vqa.data.splits import SplitError
+from qasa_vqa.data.synthetic import generate_demo_corpus
 from qasa_vqa.errors import QasaVqaError
 
 
@@ -248,3 +249,61 @@ def test_sources_can_pick_a_split_of_a_plain_csv(corpus: Path, tmp_path: Path) -
     assert test_paths == ["clips/c6.mp4", "clips/c7.mp4", "clips/c8.mp4"] and not train_paths & set(
         test_paths
     )
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory):
+    knobs = {"scenes": 5, "variants": 3, "frames": 40, "width": 128, "height": 96, "tree_scenes": 3}
+    return generate_demo_corpus(tmp_path_factory.mktemp("demo") / "corpus", seed=0, progress=False, **knobs)
+
+
+def test_two_workers_two_epochs_on_the_demo_corpus(demo, tmp_path: Path) -> None:
+    module = SemiSupervisedDataModule(
+        {"manifest": demo.manifest, "split": "train"},
+        n_labelled=4,
+        n_validation=1,
+        split_dir=tmp_path,
+        test_sets={"demo-test": {"manifest": demo.manifest, "split": "test"}},
+        batch_size=2,
+        num_workers=2,
+    )
+    recorder = _fit_two_epochs(module, tmp_path)
+    assert [epoch for epoch, _, _ in recorder.seen] == [0, 0, 1, 1]
+    assert len(module.split.unlabelled) == demo.num_train - 5
+    module.setup("test")
+    batch = next(iter(module.test_dataloader()[0]))
+    assert batch["frag"].shape == (1, 3, 64, 224, 224) and 0 <= batch["mos"].item() <= 1
+
+
+class _PretrainRecorder(LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+        self.seen: list[tuple[int, list[str], torch.Tensor]] = []
+
+    def training_step(self, batch, batch_idx):
+        self.seen.append((self.current_epoch, list(batch["scene"]), batch["versions"].clone()))
+        return (self.weight - batch["view1"].mean()) ** 2
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_pretraining_two_workers_two_epochs_on_the_demo_tree(demo, tmp_path: Path) -> None:
+    module = PretrainDataModule(demo.tree_dir, batch_size=2, clip_len=8, grid=7, patch=16, num_workers=2)
+    recorder = _PretrainRecorder()
+    Trainer(
+        accelerator="cpu",
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    ).fit(recorder, datamodule=module)
+    assert [epoch for epoch, _, _ in recorder.seen] == [0, 0, 1, 1]  # 3 scenes: a batch of 2 and of 1
+    for epoch in (0, 1):
+        scenes = [s for e, names, _ in recorder.seen if e == epoch for s in names]
+        assert sorted(scenes) == sorted(f"{name}.mp4" for name in demo.tree_scenes)
+    versions = torch.cat([v for _, _, v in recorder.seen])
+    assert versions.shape == (6, 10) and (versions[:, 0] == 0).all()
