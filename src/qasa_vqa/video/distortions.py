@@ -33,6 +33,9 @@ item 21):
   defaults (:data:`MINTERPOLATE_OPTIONS`) are also its cheapest motion-compensated setting (about
   0.3 s per 1080p output frame on 2 cores; ``me_mode=bidir`` doubles that). Without the filter, or
   with ``minterpolate=None``, frames are linearly blended between the neighbouring kept frames.
+* x264 runs with ``mbtree=0`` (:data:`X264_PARAMS`): with its macroblock tree on (FFmpeg's default,
+  so the reference's) this build's output changes from run to run, and a corpus must be repeatable.
+  The tree only moves bits between frames; CRF keeps its meaning.
 * Encoded outputs use the source's container for .mp4/.m4v/.mov/.mkv/.avi and Matroska otherwise
   (.webm, .mpg, ... keep their name but hold Matroska).
 """
@@ -64,6 +67,7 @@ __all__ = [
     "DISTORTIONS",
     "MANIFEST_NAME",
     "MINTERPOLATE_OPTIONS",
+    "X264_PARAMS",
     "Distortion",
     "SynthFailure",
     "SynthReport",
@@ -82,6 +86,10 @@ MINTERPOLATE_OPTIONS = (
     "mi_mode=mci:mc_mode=obmc:me_mode=bilat:me=epzs:mb_size=16:search_param=32:vsbmc=0:scd=fdiff"
 )
 FF_QP2LAMBDA = 118
+# x264's macroblock tree makes the output of this build vary from run to run (measured: the same frames
+# gave different bytes and pixels up to 187 levels apart, depending on memory layout and load); without
+# it x264 is repeatable, so the same pristine videos always give the same tree.
+X264_PARAMS = "mbtree=0"
 _CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".avi": "avi"}
 _MPEG2_RATES = {
     Fraction(base) * Fraction(n, d)
@@ -243,6 +251,8 @@ def _write_distorted(
             frames = (_rgb_frame(pyramid_blur(f.to_ndarray(format="rgb24"), p["levels"])) for f in frames)
         else:
             frames = _interpolate(frames, info.num_frames, p["divisor"], rate, size, minterpolate)
+    if p["codec"] == "libx264":
+        options["x264-params"] = X264_PARAMS
     fmt = _CONTAINERS.get(dest.suffix.lower(), "matroska")
     with av.open(str(dest), mode="w", format=fmt) as container:
         stream = container.add_stream(p["codec"], rate=rate)
