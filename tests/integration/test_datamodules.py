@@ -149,8 +149,8 @@ class _Recorder(LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def _fit_two_epochs(module: SemiSupervisedDataModule, root: Path) -> _Recorder:
-    recorder = _Recorder()
+def _fit_two_epochs(datamodule, root: Path, recorder: LightningModule | None = None) -> LightningModule:
+    recorder = recorder or _Recorder()
     trainer = Trainer(
         accelerator="cpu",
         max_epochs=2,
@@ -161,7 +161,7 @@ def _fit_two_epochs(module: SemiSupervisedDataModule, root: Path) -> _Recorder:
         num_sanity_val_steps=0,
         default_root_dir=root,
     )
-    trainer.fit(recorder, datamodule=module)
+    trainer.fit(recorder, datamodule=datamodule)
     return recorder
 
 
@@ -291,16 +291,7 @@ class _PretrainRecorder(LightningModule):
 
 def test_pretraining_two_workers_two_epochs_on_the_demo_tree(demo, tmp_path: Path) -> None:
     module = PretrainDataModule(demo.tree_dir, batch_size=2, clip_len=8, grid=7, patch=16, num_workers=2)
-    recorder = _PretrainRecorder()
-    Trainer(
-        accelerator="cpu",
-        max_epochs=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    ).fit(recorder, datamodule=module)
+    recorder = _fit_two_epochs(module, tmp_path, _PretrainRecorder())
     assert [epoch for epoch, _, _ in recorder.seen] == [0, 0, 1, 1]  # 3 scenes: a batch of 2 and of 1
     for epoch in (0, 1):
         scenes = [s for e, names, _ in recorder.seen if e == epoch for s in names]

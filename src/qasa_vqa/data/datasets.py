@@ -102,6 +102,21 @@ class _SeededItems(Dataset):
             self._infos[path] = probe(path)
         return self._infos[path]
 
+    def _fragment_frames(
+        self, path: Path, spec: ViewSpec, *, train: bool, rng: np.random.Generator | None = None
+    ) -> np.ndarray:
+        """Decode the temporal fragments of ``path``: 8 x 4 random frames to train, 8 x 8 centred to test."""
+        info = self._probe(path)
+        indices = fragment_frame_indices(
+            info.num_frames,
+            segments=spec.segments,
+            frames_per_segment=spec.frames_per_segment if train else spec.test_frames_per_segment,
+            frame_interval=spec.frame_interval,
+            rng=rng,
+            train=train,
+        )
+        return read_frames(path, indices, info=info)
+
     def _first_decodable(self, index: int, load: Callable[[int], dict[str, Any]]) -> dict[str, Any]:
         failures = 0
         for attempt in range(len(self)):
@@ -160,23 +175,14 @@ class SemiSupervisedDataset(_SeededItems):
         record, spec = self.records[index], self.views
         path = self.root / record.path
         rng = self._rng(index)
-        info = self._probe(path)
-        indices = fragment_frame_indices(
-            info.num_frames,
-            segments=spec.segments,
-            frames_per_segment=spec.frames_per_segment,
-            frame_interval=spec.frame_interval,
-            rng=rng,
-            train=True,
-        )
-        frames = read_frames(path, indices, info=info)
+        frames = self._fragment_frames(path, spec, train=True, rng=rng)
         generator = torch.Generator().manual_seed(int(rng.integers(2**63)))
         item: dict[str, Any] = make_views(
             frames,
             generator=generator,
             grid=spec.grid,
             patch=spec.patch,
-            aligned=len(indices),
+            aligned=len(frames),
             clamp_halves=spec.clamp_halves,
             size=spec.size,
             antialias=spec.antialias,
@@ -224,15 +230,7 @@ class EvaluationDataset(_SeededItems):
     def _load(self, index: int) -> dict[str, Any]:
         record, spec = self.records[index], self.views
         path = self.root / record.path
-        info = self._probe(path)
-        indices = fragment_frame_indices(
-            info.num_frames,
-            segments=spec.segments,
-            frames_per_segment=spec.test_frames_per_segment,
-            frame_interval=spec.frame_interval,
-            train=False,
-        )
-        frames = read_frames(path, indices, info=info)
+        frames = self._fragment_frames(path, spec, train=False)
         item: dict[str, Any] = make_test_views(
             frames,
             centre=True,
