@@ -1,0 +1,203 @@
+"""Video Swin-T with FAST-VQA's gated fragment position bias (GRPB): the ST-VQRL backbone.
+
+METHOD.md sections 1.2-1.4. The network is torchvision's ``SwinTransformer3d`` (same hyper-parameters as
+the reference: patch (2,4,4), embed 96, depths (2,2,6,2), heads (3,6,12,24), window (8,7,7), stochastic
+depth 0.1, the same relative-position index, window clipping, padding and -100 shift mask); only the
+attention of the blocks in stages 0-2 is replaced by :class:`GatedWindowAttention3d`, which adds a
+second table ``fragment_position_bias_table`` (B_frag, zeros at init) and the gate of section 1.3:
+
+    A = Q K^T * scale + B_frag + g * (B_rel - B_frag) + shift_mask,   g(p, q) = |dd| + |dh| + |dw|
+
+where (d, h, w) are "fragment coordinates": a (1, 7, 7) integer grid resized (nearest) to the padded
+feature map, rolled by -shift with the features and partitioned into the same windows. g is an
+integer L1 distance (0..12), not a 0/1 flag; with B_frag == B_rel the block is plain Video Swin.
+
+State-dict names are torchvision's (``features.{2i}.{j}...``) plus the GRPB tables; the official
+checkpoints' names (``layers.{i}.blocks.{j}...``) are mapped by :mod:`qasa_vqa.models.checkpoints`.
+Deviations from the authors' code: Linear layers get torchvision's initialisation (the reference left
+PyTorch's defaults, relevant only when pretraining from scratch); ``train()`` returns the module
+(section 8 item 14); gradient checkpointing is an option (the reference always checkpoints).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+from torchvision.models.swin_transformer import SwinTransformerBlock
+from torchvision.models.video.swin_transformer import (
+    ShiftedWindowAttention3d,
+    SwinTransformer3d,
+    _compute_attention_mask_3d,
+    _compute_pad_size_3d,
+    _get_window_and_shift_size,
+)
+
+__all__ = ["GatedWindowAttention3d", "VideoSwinBackbone", "fragment_gate", "swin_t_grpb"]
+
+
+def fragment_gate(
+    padded_size: Sequence[int], window: Sequence[int], shift: Sequence[int], fragments: Sequence[int]
+) -> Tensor:
+    """The GRPB gate ``g`` per window: int64 ``[num_windows, N, N]`` with ``N = prod(window)``.
+
+    ``padded_size`` (D, H, W) is the padded feature map, ``window`` / ``shift`` the (clipped) window and
+    shift of the block, ``fragments`` the fragment grid (1, 7, 7). Coordinates are the grid resized to
+    the map with nearest neighbour (index ``floor(x * fragments / size)``), rolled by ``-shift``.
+    """
+    axes = [
+        torch.div(torch.arange(size) * count, size, rounding_mode="floor")
+        for size, count in zip(padded_size, fragments, strict=True)
+    ]
+    coords = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)  # D, H, W, 3
+    if any(shift):
+        coords = torch.roll(coords, shifts=[-s for s in shift], dims=(0, 1, 2))
+    d, h, w = padded_size
+    wd, wh, ww = window
+    windows = coords.view(d // wd, wd, h // wh, wh, w // ww, ww, 3).permute(0, 2, 4, 1, 3, 5, 6)
+    windows = windows.reshape(-1, wd * wh * ww, 3)
+    return (windows[:, :, None, :] - windows[:, None, :, :]).abs().sum(-1)
+
+
+class GatedWindowAttention3d(ShiftedWindowAttention3d):
+    """torchvision's shifted-window attention plus FAST-VQA's gated fragment bias (module docstring)."""
+
+    def __init__(self, *args, fragments: Sequence[int] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fragments = tuple(fragments) if fragments is not None else (1, *self.window_size[1:])
+        self.fragment_position_bias_table = nn.Parameter(torch.zeros_like(self.relative_position_bias_table))
+        self._gates: dict[tuple, Tensor] = {}
+
+    @classmethod
+    def replacing(cls, attention: ShiftedWindowAttention3d) -> GatedWindowAttention3d:
+        """A gated attention holding ``attention``'s weights (B_frag starts at zero)."""
+        dim = attention.qkv.in_features
+        gated = cls(
+            dim,
+            list(attention.window_size),
+            list(attention.shift_size),
+            attention.num_heads,
+            qkv_bias=attention.qkv.bias is not None,
+            proj_bias=attention.proj.bias is not None,
+            attention_dropout=attention.attention_dropout,
+            dropout=attention.dropout,
+        )
+        gated.load_state_dict(attention.state_dict(), strict=False)
+        return gated
+
+    def _gate(self, padded: tuple[int, int, int], window: list[int], shift: list[int], device) -> Tensor:
+        key = (padded, tuple(window), tuple(shift), device)
+        if key not in self._gates:
+            gate = fragment_gate(padded, window, shift, self.fragments)  # values 0..12: kept as uint8
+            self._gates[key] = gate.to(device=device, dtype=torch.uint8)
+        return self._gates[key].to(self.relative_position_bias_table.dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, t, h, w, c = x.shape
+        window, shift = _get_window_and_shift_size(self.shift_size.copy(), [t, h, w], self.window_size.copy())
+        pad = _compute_pad_size_3d((t, h, w), tuple(window))
+        x = F.pad(x, (0, 0, 0, pad[2], 0, pad[1], 0, pad[0]))
+        padded = (x.shape[1], x.shape[2], x.shape[3])
+        if any(shift):
+            x = torch.roll(x, shifts=[-s for s in shift], dims=(1, 2, 3))
+        grid = [padded[i] // window[i] for i in range(3)]
+        num_windows, tokens = grid[0] * grid[1] * grid[2], window[0] * window[1] * window[2]
+        x = x.view(b, grid[0], window[0], grid[1], window[1], grid[2], window[2], c)
+        x = x.permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(b * num_windows, tokens, c)
+
+        heads = self.num_heads
+        qkv = F.linear(x, self.qkv.weight, self.qkv.bias).reshape(b * num_windows, tokens, 3, heads, c // heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        attn = (q * (c // heads) ** -0.5) @ k.transpose(-2, -1)  # b*nW, nH, N, N
+        index = self.relative_position_index[:tokens, :tokens].reshape(-1)
+        rel = self.relative_position_bias_table[index].view(tokens, tokens, heads).permute(2, 0, 1)
+        frag = self.fragment_position_bias_table[index].view(tokens, tokens, heads).permute(2, 0, 1)
+        gate = self._gate(padded, window, shift, x.device)  # nW, N, N
+        # B_frag + g (B_rel - B_frag), broadcast over the batch without a [b, nW, nH, N, N] temporary
+        attn = attn.view(b, num_windows, heads, tokens, tokens) + frag
+        attn = torch.addcmul(attn, gate[None, :, None], (rel - frag)[None, None])
+        if any(shift):
+            mask = _compute_attention_mask_3d(x, padded, tuple(window), tuple(shift))
+            attn = attn + mask[None, :, None]
+        attn = F.softmax(attn.view(b * num_windows, heads, tokens, tokens), dim=-1)
+        attn = F.dropout(attn, p=self.attention_dropout, training=self.training)
+
+        x = (attn @ v).transpose(1, 2).reshape(b * num_windows, tokens, c)
+        x = F.dropout(F.linear(x, self.proj.weight, self.proj.bias), p=self.dropout, training=self.training)
+        x = x.view(b, grid[0], grid[1], grid[2], window[0], window[1], window[2], c)
+        x = x.permute(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, *padded, c)
+        if any(shift):
+            x = torch.roll(x, shifts=list(shift), dims=(1, 2, 3))
+        return x[:, :t, :h, :w].contiguous()
+
+
+class VideoSwinBackbone(nn.Module):
+    """Video Swin transformer without pooling or classifier: ``[B,3,T,H,W] -> [B,C,T/2,H/32,W/32]``.
+
+    Defaults are Video Swin-T with GRPB in stages 0-2 (``grpb=(True, True, True, False)``); the
+    output of ``[B,3,32,224,224]`` is ``[B,768,16,7,7]``. ``grpb=False`` (or all False) gives plain
+    Video Swin (torchvision's ``swin3d_t`` features). ``gradient_checkpointing`` recomputes each block
+    in the backward pass while training.
+    """
+
+    def __init__(
+        self,
+        *,
+        embed_dim: int = 96,
+        depths: Sequence[int] = (2, 2, 6, 2),
+        num_heads: Sequence[int] = (3, 6, 12, 24),
+        window_size: Sequence[int] = (8, 7, 7),
+        patch_size: Sequence[int] = (2, 4, 4),
+        mlp_ratio: float = 4.0,
+        drop_path: float = 0.1,
+        grpb: bool | Sequence[bool] = (True, True, True, False),
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        if len(depths) != len(num_heads):
+            raise ValueError(f"depths {list(depths)} and num_heads {list(num_heads)} differ in length")
+        stages = [bool(grpb)] * len(depths) if isinstance(grpb, bool) else [bool(g) for g in grpb]
+        if len(stages) != len(depths):
+            raise ValueError(f"grpb needs one flag per stage ({len(depths)}), got {list(grpb)}")
+        network = SwinTransformer3d(
+            patch_size=list(patch_size),
+            embed_dim=embed_dim,
+            depths=list(depths),
+            num_heads=list(num_heads),
+            window_size=list(window_size),
+            mlp_ratio=mlp_ratio,
+            stochastic_depth_prob=drop_path,
+        )
+        self.patch_embed, self.pos_drop = network.patch_embed, network.pos_drop
+        self.features, self.norm = network.features, network.norm
+        self.num_features = network.num_features
+        self.grpb = tuple(stages)
+        self.gradient_checkpointing = gradient_checkpointing
+        for stage, gated in enumerate(stages):
+            if gated:
+                for block in self.features[2 * stage]:
+                    block.attn = GatedWindowAttention3d.replacing(block.attn)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.pos_drop(self.patch_embed(x))  # B, T', H', W', C
+        for layer in self.features:
+            if isinstance(layer, nn.Sequential):
+                for block in layer:
+                    x = self._block(block, x)
+            else:
+                x = layer(x)
+        return self.norm(x).permute(0, 4, 1, 2, 3).contiguous()
+
+    def _block(self, block: SwinTransformerBlock, x: Tensor) -> Tensor:
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(block, x, use_reentrant=False)
+        return block(x)
+
+
+def swin_t_grpb(*, grpb: bool = True, gradient_checkpointing: bool = False) -> VideoSwinBackbone:
+    """The ST-VQRL backbone: Video Swin-T, GRPB in stages 0-2 (28,078,620 parameters)."""
+    flags = (True, True, True, False) if grpb else (False,) * 4
+    return VideoSwinBackbone(grpb=flags, gradient_checkpointing=gradient_checkpointing)
