@@ -109,7 +109,9 @@ class GatedWindowAttention3d(ShiftedWindowAttention3d):
         x = x.permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(b * num_windows, tokens, c)
 
         heads = self.num_heads
-        qkv = F.linear(x, self.qkv.weight, self.qkv.bias).reshape(b * num_windows, tokens, 3, heads, c // heads)
+        qkv = F.linear(x, self.qkv.weight, self.qkv.bias).reshape(
+            b * num_windows, tokens, 3, heads, c // heads
+        )
         q, k, v = qkv.permute(2, 0, 3, 1, 4)
         attn = (q * (c // heads) ** -0.5) @ k.transpose(-2, -1)  # b*nW, nH, N, N
         index = self.relative_position_index[:tokens, :tokens].reshape(-1)
