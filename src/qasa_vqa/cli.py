@@ -3,7 +3,8 @@
 Subcommands: ``probe`` (what the reader sees in a video), ``views`` (draw the four model views of a
 video as a PNG), ``demo`` (make a sample clip and draw its views), ``synth`` (the ST-VQRL distortion
 tree of a folder of pristine videos), ``demo-data`` (the generated demo corpus), ``manifest`` (read and
-summarise a label file) and ``split`` (write a split file of labelled / unlabelled videos). Errors the
+summarise a label file), ``split`` (write a split file of labelled / unlabelled videos) and
+``convert`` (official ST-VQRL / QASA checkpoints to our format and back). Errors the
 library raises on purpose are printed as one line and exit with status 2; nothing here prints a
 traceback for bad input.
 """
@@ -80,6 +81,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo_data.add_argument("--workers", type=int, default=None, help="parallel processes (default: all CPUs)")
     demo_data.add_argument("--no-tree", action="store_true", help="skip the ST-VQRL distortion tree")
     demo_data.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    convert = commands.add_parser(
+        "convert",
+        help="convert an ST-VQRL / QASA checkpoint (official or ours) to our format or the official one",
+    )
+    convert.add_argument("source", type=Path, metavar="IN")
+    convert.add_argument("target", type=Path, metavar="OUT")
+    convert.add_argument(
+        "--clip-text",
+        default=None,
+        help="where CLIP's prompt features come from for an official QASA checkpoint: 'openai' or a local CLIP file",
+    )
+    convert.add_argument("--official", action="store_true", help="write the authors' layout instead of ours")
 
     manifest = commands.add_parser(
         "manifest", help="read a label file (any supported format) and summarise it: format, count, MOS scale"
@@ -210,6 +224,15 @@ def _demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert(args: argparse.Namespace) -> int:
+    from qasa_vqa.models.checkpoints import convert_checkpoint
+
+    kind = convert_checkpoint(args.source, args.target, clip_text=args.clip_text, official=args.official)
+    layout = "the official layout" if args.official else "qasa-vqa format"
+    print(f"wrote {args.target}: {kind} in {layout}")
+    return 0
+
+
 def _manifest(args: argparse.Namespace) -> int:
     from qasa_vqa.data.manifests import read_manifest
 
@@ -270,6 +293,7 @@ _COMMANDS = {
     "demo": _demo,
     "synth": _synth,
     "demo-data": _demo_data,
+    "convert": _convert,
     "manifest": _manifest,
     "split": _split,
 }

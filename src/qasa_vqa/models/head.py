@@ -19,6 +19,7 @@ class VQAHead(nn.Module):
 
     def __init__(self, in_channels: int = 768, hidden_channels: int = 64, dropout: float = 0.5) -> None:
         super().__init__()
+        self.config = {"in_channels": in_channels, "hidden_channels": hidden_channels, "dropout": dropout}
         self.dropout = nn.Dropout(dropout)
         self.fc_hid = nn.Conv3d(in_channels, hidden_channels, kernel_size=1)
         self.activation = nn.GELU()

@@ -177,6 +177,17 @@ class VideoSwinBackbone(nn.Module):
         self.features, self.norm = network.features, network.norm
         self.num_features = network.num_features
         self.grpb = tuple(stages)
+        #: constructor arguments, saved with checkpoints so the network can be rebuilt
+        self.config = {
+            "embed_dim": embed_dim,
+            "depths": list(depths),
+            "num_heads": list(num_heads),
+            "window_size": list(window_size),
+            "patch_size": list(patch_size),
+            "mlp_ratio": mlp_ratio,
+            "drop_path": drop_path,
+            "grpb": list(stages),
+        }
         self.gradient_checkpointing = gradient_checkpointing
         for stage, gated in enumerate(stages):
             if gated:

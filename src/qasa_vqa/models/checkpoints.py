@@ -1,0 +1,362 @@
+"""Checkpoints: safe loading, the authors' official layouts, and our own format.
+
+Every file is read with ``torch.load(weights_only=True)``: nothing in a checkpoint can run code.
+Official layouts (METHOD.md sections 2.4 and 4.10, ``stvqrl_keys.txt``):
+
+* ST-VQRL: ``{'model': backbone state dict (193 keys, names ``layers.{i}.blocks.{j}...``), ...}``;
+* QASA-VQA: ``{'primary': 'backbone.' + those 193 keys + 4 ``vqa_head.*`` keys, 'auxillary': the 152
+  ``clip.visual`` keys of OpenAI's ViT-B/32 (QuickGELU), 'epoch': int}`` (sic ``auxillary``). It holds no
+  text tower, so CLIP's prompt features come from ``clip_text`` (the open_clip ``openai`` tag or a local
+  CLIP file); without them the model loads and ``image_features`` works, but CLIP quality raises.
+
+Our modules use torchvision's names (``features.{2i}.{j}...``); :func:`official_to_ours` /
+:func:`ours_to_official` map them (``mlp.fc1``/``fc2`` <-> ``mlp.0``/``mlp.3``, ``layers.{i}.downsample``
+<-> ``features.{2i+1}``). Loading is strict by default and reports missing / unexpected / reshaped keys
+(the reference loaded ST-VQRL with ``strict=False``, which hides mismatches, section 8 item 11).
+
+Our format: ``{'format': 'qasa-vqa', 'version': 1, 'kind': 'stvqrl-backbone' | 'qasa', 'architecture':
+{...constructor arguments...}, 'state_dict': ..., and for QASA 'prompts', 'pairs', 'tau',
+'score_scale', 'normalisation'}``; the CLIP prompt features are a buffer inside the state dict.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from qasa_vqa.errors import QasaVqaError
+from qasa_vqa.models.clip_quality import (
+    OPENAI_VIT_B32,
+    CLIPQuality,
+    KeyReport,
+    build_clip_visual,
+    load_prompt_features,
+    load_visual_official,
+    visual_state_dict_official,
+)
+from qasa_vqa.models.head import VQAHead
+from qasa_vqa.models.qasa import QASAModel, QualityRegressor
+from qasa_vqa.models.swin3d import VideoSwinBackbone
+
+__all__ = [
+    "FORMAT",
+    "CheckpointError",
+    "convert_checkpoint",
+    "load_backbone_weights",
+    "load_qasa",
+    "load_stvqrl_backbone",
+    "official_to_ours",
+    "ours_to_official",
+    "read_checkpoint",
+    "save_qasa",
+    "save_stvqrl_backbone",
+]
+
+FORMAT, VERSION = "qasa-vqa", 1
+NORMALISATION = {"fragments": "imagenet", "clip": "imagenet"}  # as the reference feeds both branches
+
+
+class CheckpointError(QasaVqaError):
+    """A checkpoint that cannot be read, or does not fit the model."""
+
+
+# -- reading and writing ---------------------------------------------------------------------------
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """``torch.load(path, map_location="cpu", weights_only=True)`` with readable errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found" if not path.exists() else f"{path}: not a file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        reason = str(error).splitlines()[0] if str(error) else "unsupported content"
+        raise CheckpointError(
+            f"{path}: refused to load: it holds objects other than tensors and plain containers, which "
+            f"could run code (weights_only=True; {reason})"
+        ) from None
+    except Exception as error:  # damaged or foreign bytes fail in many ways inside the unpickler
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: {error})"
+        ) from None
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{path}: expected a dict, found {type(payload).__name__}")
+    return payload
+
+
+def _write(payload: Mapping[str, Any], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    torch.save(dict(payload), partial)
+    os.replace(partial, path)
+    return path
+
+
+# -- key mapping -----------------------------------------------------------------------------------
+
+_BLOCK = re.compile(r"^layers\.(\d+)\.blocks\.(\d+)\.(.*)$")
+_DOWN = re.compile(r"^layers\.(\d+)\.downsample\.(.*)$")
+_FEATURE = re.compile(r"^features\.(\d+)\.(.*)$")
+_MLP_TO_OURS = {"mlp.fc1.": "mlp.0.", "mlp.fc2.": "mlp.3."}
+
+
+def official_to_ours(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Official ST-VQRL backbone names -> ours (torchvision's); other keys pass unchanged."""
+    mapped = {}
+    for key, value in _strip(state_dict, "module.").items():
+        if match := _BLOCK.match(key):
+            stage, block, rest = match.groups()
+            for old, new in _MLP_TO_OURS.items():
+                rest = rest.replace(old, new, 1) if rest.startswith(old) else rest
+            key = f"features.{2 * int(stage)}.{block}.{rest}"
+        elif match := _DOWN.match(key):
+            key = f"features.{2 * int(match.group(1)) + 1}.{match.group(2)}"
+        mapped[key] = value
+    return mapped
+
+
+def ours_to_official(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Our backbone names -> the official ST-VQRL names (inverse of :func:`official_to_ours`)."""
+    mapped = {}
+    for key, value in state_dict.items():
+        if match := _FEATURE.match(key):
+            index, rest = int(match.group(1)), match.group(2)
+            if index % 2:
+                key = f"layers.{index // 2}.downsample.{rest}"
+            else:
+                block, _, rest = rest.partition(".")
+                for new, old in ((v, k) for k, v in _MLP_TO_OURS.items()):
+                    rest = rest.replace(new, old, 1) if rest.startswith(new) else rest
+                key = f"layers.{index // 2}.blocks.{block}.{rest}"
+        mapped[key] = value
+    return mapped
+
+
+def _strip(state_dict: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    if state_dict and all(key.startswith(prefix) for key in state_dict):
+        return {key[len(prefix) :]: value for key, value in state_dict.items()}
+    return dict(state_dict)
+
+
+def _load_strict(module: nn.Module, state_dict: Mapping[str, Tensor], what: str, strict: bool) -> KeyReport:
+    report = KeyReport.compare(module.state_dict(), state_dict)
+    if strict and not report.ok:
+        raise CheckpointError(f"{what} does not fit the model: {report}")
+    reshaped = {key for key, _, _ in report.mismatched}
+    module.load_state_dict({k: v for k, v in state_dict.items() if k not in reshaped}, strict=False)
+    return report
+
+
+def load_backbone_weights(
+    backbone: VideoSwinBackbone, state_dict: Mapping[str, Tensor], *, strict: bool = True
+) -> KeyReport:
+    """Load a backbone state dict in the official or our naming into ``backbone``."""
+    return _load_strict(backbone, official_to_ours(state_dict), "the backbone weights", strict)
+
+
+# -- what a file holds -----------------------------------------------------------------------------
+
+
+def _kind(payload: Mapping[str, Any], path: Path) -> str:
+    if payload.get("format") == FORMAT:
+        if payload.get("version") != VERSION:
+            raise CheckpointError(
+                f"{path}: qasa-vqa checkpoint version {payload.get('version')!r} is not {VERSION}"
+            )
+        return str(payload["kind"])
+    if "primary" in payload and "auxillary" in payload:
+        return "official-qasa"
+    if "model" in payload and isinstance(payload["model"], Mapping):
+        return "official-stvqrl"
+    if (
+        payload
+        and all(isinstance(v, Tensor) for v in payload.values())
+        and any(k.startswith("layers.") for k in payload)
+    ):
+        return "official-stvqrl-weights"
+    raise CheckpointError(
+        f"{path}: not a checkpoint this project knows (expected ST-VQRL {{'model'}}, QASA "
+        f"{{'primary', 'auxillary'}} or a qasa-vqa file; found keys {sorted(payload)[:6]})"
+    )
+
+
+def _backbone_from(payload: Mapping[str, Any], kind: str, path: Path) -> tuple[dict, dict[str, Tensor]]:
+    """(architecture, backbone state dict) of any supported checkpoint."""
+    if kind == "stvqrl-backbone":
+        return payload["architecture"]["backbone"], payload["state_dict"]
+    if kind == "qasa":
+        prefix = "stvqrl.backbone."
+        weights = {k[len(prefix) :]: v for k, v in payload["state_dict"].items() if k.startswith(prefix)}
+        return payload["architecture"]["backbone"], weights
+    if kind == "official-qasa":
+        primary = _strip(payload["primary"], "module.")
+        return {}, {k[len("backbone.") :]: v for k, v in primary.items() if k.startswith("backbone.")}
+    if kind == "official-stvqrl":
+        return {}, payload["model"]
+    if kind == "official-stvqrl-weights":
+        return {}, dict(payload)
+    raise CheckpointError(f"{path}: a {kind!r} checkpoint holds no ST-VQRL backbone")
+
+
+def load_stvqrl_backbone(path: str | Path, *, strict: bool = True) -> VideoSwinBackbone:
+    """The ST-VQRL backbone of ``path`` (official ST-VQRL or QASA checkpoint, or ours), in eval mode.
+
+    ``forward([B,3,T,224,224]) -> [B,768,T/2,7,7]``. Strict: any missing or unexpected key raises a
+    :class:`CheckpointError` that lists them.
+    """
+    path = Path(path)
+    payload = read_checkpoint(path)
+    architecture, weights = _backbone_from(payload, _kind(payload, path), path)
+    backbone = VideoSwinBackbone(**architecture)
+    try:
+        load_backbone_weights(backbone, weights, strict=strict)
+    except CheckpointError as error:
+        raise CheckpointError(f"{path}: {error}") from None
+    return backbone.eval()
+
+
+def load_qasa(path: str | Path, clip_text: str | Path | None = None, *, strict: bool = True) -> QASAModel:
+    """The QASA model of ``path`` (official QASA checkpoint or ours), in eval mode.
+
+    ``clip_text`` names where CLIP's prompt features come from when the file has none (the official
+    checkpoint): the open_clip tag ``"openai"`` or a local CLIP file; given with one of our files, it
+    recomputes them.
+    """
+    path = Path(path)
+    payload = read_checkpoint(path)
+    kind = _kind(payload, path)
+    if kind == "official-qasa":
+        model = _official_qasa(payload, path, strict)
+    elif kind == "qasa":
+        model = _our_qasa(payload, path, strict)
+    else:
+        raise CheckpointError(f"{path}: holds an ST-VQRL backbone only ({kind}); use load_stvqrl_backbone")
+    if clip_text is not None:
+        model.clip.set_prompt_features(
+            load_prompt_features(clip_text, model.clip.prompts, _text_model(model))
+        )
+    return model.eval()
+
+
+def _text_model(model: QASAModel) -> str:
+    return model.clip.model_name or OPENAI_VIT_B32
+
+
+def _official_qasa(payload: Mapping[str, Any], path: Path, strict: bool) -> QASAModel:
+    regressor = QualityRegressor(VideoSwinBackbone(), VQAHead())
+    primary = _strip(payload["primary"], "module.")
+    mapped = {
+        (f"backbone.{key}" if not key.startswith("vqa_head.") else key): value
+        for key, value in official_to_ours(
+            {k[len("backbone.") :] if k.startswith("backbone.") else k: v for k, v in primary.items()}
+        ).items()
+    }
+    try:
+        _load_strict(regressor, mapped, "'primary'", strict)
+        clip = CLIPQuality(build_clip_visual(OPENAI_VIT_B32), model_name=OPENAI_VIT_B32)
+        load_visual_official(clip, payload["auxillary"], strict=strict)
+    except QasaVqaError as error:
+        raise CheckpointError(f"{path}: {error}") from None
+    return QASAModel(regressor, clip)
+
+
+def _our_qasa(payload: Mapping[str, Any], path: Path, strict: bool) -> QASAModel:
+    architecture = payload["architecture"]
+    regressor = QualityRegressor(
+        VideoSwinBackbone(**architecture["backbone"]), VQAHead(**architecture["head"])
+    )
+    clip_name = architecture["clip"]["model_name"]
+    clip = CLIPQuality(
+        build_clip_visual(clip_name),
+        prompts=payload["prompts"],
+        pairs=[tuple(pair) for pair in payload["pairs"]],
+        tau=payload["tau"],
+        model_name=clip_name,
+    )
+    if "clip.prompt_features" in payload["state_dict"]:  # the buffer exists only once it is set
+        clip.set_prompt_features(payload["state_dict"]["clip.prompt_features"])
+    model = QASAModel(regressor, clip, score_scale=payload["score_scale"])
+    try:
+        _load_strict(model, payload["state_dict"], "the QASA weights", strict)
+    except CheckpointError as error:
+        raise CheckpointError(f"{path}: {error}") from None
+    return model
+
+
+# -- saving and converting -------------------------------------------------------------------------
+
+
+def save_stvqrl_backbone(backbone: VideoSwinBackbone, path: str | Path, *, official: bool = False) -> Path:
+    """Write ``backbone`` in our format, or with ``official=True`` as ``{'model': official names}`` (the
+    layout the authors' code loads)."""
+    weights = {k: v.detach().cpu() for k, v in backbone.state_dict().items()}
+    if official:
+        return _write({"model": ours_to_official(weights)}, path)
+    return _write(
+        {
+            "format": FORMAT,
+            "version": VERSION,
+            "kind": "stvqrl-backbone",
+            "architecture": {"backbone": backbone.config},
+            "state_dict": weights,
+        },
+        path,
+    )
+
+
+def save_qasa(model: QASAModel, path: str | Path, *, official: bool = False) -> Path:
+    """Write ``model`` in our format (weights, architecture, prompts, tau, normalisation, prompt
+    features; no text tower), or with ``official=True`` in the authors' ``{'primary', 'auxillary'}``."""
+    if official:
+        primary = {
+            (f"backbone.{k}" if not k.startswith("vqa_head.") else k): v.detach().cpu()
+            for k, v in ours_to_official(model.stvqrl.backbone.state_dict()).items()
+        }
+        primary.update(
+            {f"vqa_head.{k}": v.detach().cpu() for k, v in model.stvqrl.vqa_head.state_dict().items()}
+        )
+        auxillary = {k: v.detach().cpu() for k, v in visual_state_dict_official(model.clip).items()}
+        return _write({"primary": primary, "auxillary": auxillary, "epoch": 0}, path)
+    clip = model.clip
+    return _write(
+        {
+            "format": FORMAT,
+            "version": VERSION,
+            "kind": "qasa",
+            "architecture": {
+                "backbone": model.stvqrl.backbone.config,
+                "head": model.stvqrl.vqa_head.config,
+                "clip": {"model_name": clip.model_name or OPENAI_VIT_B32},
+            },
+            "prompts": list(clip.prompts),
+            "pairs": [list(pair) for pair in clip.pairs],
+            "tau": clip.tau,
+            "score_scale": model.score_scale,
+            "normalisation": NORMALISATION,
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        },
+        path,
+    )
+
+
+def convert_checkpoint(
+    source: str | Path, target: str | Path, *, clip_text: str | Path | None = None, official: bool = False
+) -> str:
+    """Read any supported checkpoint and write it in our format (or the official one). Returns the kind
+    written: ``"qasa"`` or ``"stvqrl-backbone"``."""
+    source = Path(source)
+    kind = _kind(read_checkpoint(source), source)
+    if kind in ("qasa", "official-qasa"):
+        save_qasa(load_qasa(source, clip_text), target, official=official)
+        return "qasa"
+    save_stvqrl_backbone(load_stvqrl_backbone(source), target, official=official)
+    return "stvqrl-backbone"
