@@ -83,6 +83,21 @@ def test_our_names_map_onto_the_official_manifest_exactly() -> None:
     assert list(official_to_ours({f"module.{k}": v for k, v in official.items()})) == list(ours)
 
 
+def test_mapping_follows_the_manifest_torchvision_column() -> None:
+    rows = [
+        line.split("\t")
+        for line in MANIFEST.read_text().splitlines()
+        if line.startswith(("layers", "patch", "norm"))
+    ]
+    assert len(rows) == 193
+    for key, *_, torchvision_key in rows:
+        mapped = next(iter(official_to_ours({key: torch.zeros(1)})))
+        if torchvision_key.startswith("(none"):  # the GRPB tables keep their name at torchvision's place
+            assert mapped.endswith("fragment_position_bias_table") and mapped.startswith("features.")
+        else:
+            assert mapped == torchvision_key, key
+
+
 def test_official_stvqrl_checkpoint_loads_strictly(official_stvqrl) -> None:
     path, model = official_stvqrl
     backbone = load_stvqrl_backbone(path)
