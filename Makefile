@@ -8,8 +8,9 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo_output
 DEMO_DATA ?= demo_data
 PYTEST_ARGS ?=
+PRETRAIN_ARGS ?=
 
-.PHONY: help install test test-all lint format bench demo demo-data clean
+.PHONY: help install test test-all lint format bench demo demo-data pretrain clean
 
 help: ## List the commands
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -44,6 +45,9 @@ demo: $(STAMP) ## Generate a sample clip and draw what the models see (demo_outp
 
 demo-data: $(STAMP) ## Generate the demo corpus offline (demo_data/: rated clips, manifest, ST-VQRL tree)
 	$(PY) -m qasa_vqa demo-data --out $(DEMO_DATA)
+
+pretrain: $(STAMP) ## ST-VQRL pretraining, CPU demo preset on demo_data/tree (PRETRAIN_ARGS="key=value ...")
+	$(PY) -m qasa_vqa.pretrain $(PRETRAIN_ARGS)
 
 clean: ## Remove caches, build outputs and demo output (keeps .venv)
 	rm -rf build dist src/*.egg-info .pytest_cache .ruff_cache $(DEMO_DIR)

@@ -207,16 +207,19 @@ def _backbone_from(payload: Mapping[str, Any], kind: str, path: Path) -> tuple[d
     raise CheckpointError(f"{path}: a {kind!r} checkpoint holds no ST-VQRL backbone")
 
 
-def load_stvqrl_backbone(path: str | Path, *, strict: bool = True) -> VideoSwinBackbone:
+def load_stvqrl_backbone(
+    path: str | Path, *, strict: bool = True, architecture: Mapping[str, Any] | None = None
+) -> VideoSwinBackbone:
     """The ST-VQRL backbone of ``path`` (official ST-VQRL or QASA checkpoint, or ours), in eval mode.
 
     ``forward([B,3,T,224,224]) -> [B,768,T/2,7,7]``. Strict: any missing or unexpected key raises a
-    :class:`CheckpointError` that lists them.
+    :class:`CheckpointError` that lists them. Official files carry no architecture, so Video Swin-T is
+    assumed unless ``architecture`` (:class:`VideoSwinBackbone` arguments) says otherwise.
     """
     path = Path(path)
     payload = read_checkpoint(path)
-    architecture, weights = _backbone_from(payload, _kind(payload, path), path)
-    backbone = VideoSwinBackbone(**architecture)
+    stored, weights = _backbone_from(payload, _kind(payload, path), path)
+    backbone = VideoSwinBackbone(**(architecture if architecture is not None else stored))
     try:
         load_backbone_weights(backbone, weights, strict=strict)
     except CheckpointError as error:

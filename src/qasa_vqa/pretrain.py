@@ -1,0 +1,159 @@
+"""``python -m qasa_vqa.pretrain``: ST-VQRL self-supervised pretraining on a distortion tree (Hydra).
+
+Configuration: ``conf/pretrain.yaml`` with the groups ``trainer`` (cpu, gpu, ddp), ``logger`` (wandb
+offline, csv) and ``experiment`` (pretrain_demo: tiny CPU twin on the demo corpus; pretrain_paper: the
+paper's setting). The run directory (``outputs/<name>`` by default) holds the resolved config,
+``checkpoints/last.ckpt`` (written every ``checkpoint_every_n_steps`` steps; a rerun into the same
+directory resumes from it), and at the end the backbone twice: ``stvqrl_backbone.pt`` (our format) and
+``stvqrl_backbone_official.pth`` (``{'model': ...}``, the layout the authors' code loads). With
+``retrieval=true`` it prints the version-retrieval accuracy (:mod:`qasa_vqa.retrieval`) before and after.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from omegaconf import DictConfig, OmegaConf
+
+from qasa_vqa.data.datamodules import PretrainDataModule
+from qasa_vqa.data.datasets import PretrainDataset, find_distortion_tree
+from qasa_vqa.errors import QasaVqaError
+from qasa_vqa.lit.stvqrl import STVQRLPretrainModule
+from qasa_vqa.models.checkpoints import save_stvqrl_backbone
+from qasa_vqa.models.swin3d import VideoSwinBackbone
+from qasa_vqa.retrieval import version_retrieval_accuracy
+
+__all__ = ["main", "run"]
+
+_NO_DATA = """\
+qasa-vqa pretrain: no distortion tree at {root}: {reason}
+  Pretraining needs <root>/0/<name> (pristine videos) and <root>/1..12/<name> (their distorted versions).
+  - make the demo corpus (about a minute):   qasa-vqa demo-data --out demo_data   (or: make demo-data)
+  - or distort your own pristine videos:     qasa-vqa synth PRISTINE_DIR TREE_DIR
+  then point the run at it:                  python -m qasa_vqa.pretrain data.root=TREE_DIR"""
+
+
+def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+    """Pretrain as ``cfg`` says, writing into ``output_dir``; returns the retrieval accuracies and paths."""
+    data = cfg.data
+    find_distortion_tree(data.root, min_distortions=data.versions - 1)  # fails early, with the reason
+    seed_everything(cfg.seed, workers=True)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    datamodule = PretrainDataModule(
+        data.root,
+        versions=data.versions,
+        clip_len=data.clip_len,
+        frame_interval=data.frame_interval,
+        grid=data.grid,
+        patch=data.patch,
+        batch_size=data.batch_size,
+        num_workers=data.num_workers,
+        seed=cfg.seed,
+    )
+    backbone = VideoSwinBackbone(
+        **OmegaConf.to_container(cfg.model.backbone, resolve=True),
+        gradient_checkpointing=cfg.model.gradient_checkpointing,
+    )
+    module = STVQRLPretrainModule(
+        backbone,
+        projection_dim=cfg.model.projection_dim,
+        learn_projection=cfg.model.learn_projection,
+        tau=cfg.loss.tau,
+        ridge=cfg.loss.ridge,
+        solver=cfg.loss.solver,
+        lr=cfg.optim.lr,
+        weight_decay=cfg.optim.weight_decay,
+        min_lr=cfg.optim.min_lr,
+        projection_seed=cfg.seed,
+    )
+    result: dict[str, Any] = {}
+    if cfg.retrieval:
+        result["retrieval_before"] = _retrieval(module, cfg)
+    checkpoints = ModelCheckpoint(
+        dirpath=output_dir / "checkpoints",
+        save_last=True,
+        save_top_k=0,
+        every_n_train_steps=cfg.checkpoint_every_n_steps,
+    )
+    trainer = Trainer(
+        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        logger=hydra.utils.instantiate(cfg.logger, save_dir=str(output_dir)) if cfg.logger else False,
+        callbacks=[checkpoints, LearningRateMonitor(logging_interval="step"), RichProgressBar()],
+        default_root_dir=output_dir,
+    )
+    trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_from(cfg.resume, output_dir))
+    result["global_step"] = trainer.global_step
+    if trainer.is_global_zero:
+        result["backbone"] = save_stvqrl_backbone(module.backbone, output_dir / "stvqrl_backbone.pt")
+        result["official"] = save_stvqrl_backbone(
+            module.backbone, output_dir / "stvqrl_backbone_official.pth", official=True
+        )
+        if cfg.retrieval:
+            result["retrieval_after"] = _retrieval(module, cfg)
+            print(
+                f"version retrieval accuracy (chance {1 / data.versions:.2f}): "
+                f"before {result['retrieval_before']:.3f} -> after {result['retrieval_after']:.3f}"
+            )
+        print(f"backbone written to {result['backbone']} and {result['official']}")
+    return result
+
+
+def _resume_from(resume: str | None, output_dir: Path) -> str | None:
+    if resume in (None, "null", "none"):
+        return None
+    if resume == "auto":
+        last = output_dir / "checkpoints" / "last.ckpt"
+        return str(last) if last.exists() else None
+    if not Path(resume).is_file():
+        raise QasaVqaError(f"resume={resume}: no such checkpoint")
+    return str(resume)
+
+
+def _retrieval(module: STVQRLPretrainModule, cfg: DictConfig) -> float:
+    """Accuracy on one fixed draw per scene (the same draws before and after training)."""
+    data = cfg.data
+    dataset = PretrainDataset(
+        data.root,
+        versions=data.versions,
+        clip_len=data.clip_len,
+        frame_interval=data.frame_interval,
+        grid=data.grid,
+        patch=data.patch,
+        seed=cfg.seed + 12345,
+    )
+    training = module.training
+    module.eval()
+    device = module.device
+    try:
+        batches = (
+            {key: dataset[i][key].unsqueeze(0).to(device) for key in ("view1", "view2")}
+            for i in range(len(dataset))
+        )
+        with torch.no_grad():
+            return version_retrieval_accuracy(module.embed, batches, ridge=cfg.loss.ridge)
+    finally:
+        module.train(training)
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="pretrain")
+def main(cfg: DictConfig) -> None:
+    try:
+        run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except QasaVqaError as error:
+        if "distortion tree" in str(error) or "no '0' folder" in str(error) or "no scene has" in str(error):
+            print(_NO_DATA.format(root=cfg.data.root, reason=error), file=sys.stderr)
+        else:
+            print(f"qasa-vqa pretrain: error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
