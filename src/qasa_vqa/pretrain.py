@@ -118,7 +118,7 @@ def _resume_from(resume: str | None, output_dir: Path) -> str | None:
 
 
 def _retrieval(module: STVQRLPretrainModule, cfg: DictConfig) -> float:
-    """Accuracy on one fixed draw per scene (the same draws before and after training)."""
+    """Accuracy on ``retrieval_draws`` fixed draws per scene (the same draws before and after training)."""
     data = cfg.data
     dataset = PretrainDataset(
         data.root,
@@ -133,10 +133,8 @@ def _retrieval(module: STVQRLPretrainModule, cfg: DictConfig) -> float:
     module.eval()
     device = module.device
     try:
-        batches = (
-            {key: dataset[i][key].unsqueeze(0).to(device) for key in ("view1", "view2")}
-            for i in range(len(dataset))
-        )
+        items = (dataset[i] for _ in range(cfg.retrieval_draws) for i in range(len(dataset)))
+        batches = ({key: item[key].unsqueeze(0).to(device) for key in ("view1", "view2")} for item in items)
         with torch.no_grad():
             return version_retrieval_accuracy(module.embed, batches, ridge=cfg.loss.ridge)
     finally:

@@ -30,6 +30,7 @@ TINY = [
     "data.clip_len=4",
     "data.batch_size=2",
     "data.num_workers=0",
+    "retrieval_draws=1",
     "logger=csv",
 ]
 
@@ -47,6 +48,7 @@ def _config(overrides: list[str]):
 def test_presets_compose() -> None:
     demo = _config([])
     assert demo.name == "pretrain_demo" and demo.data.clip_len == 8 and demo.model.backbone.embed_dim == 24
+    assert demo.data.root == "demo_data/tree" and demo.trainer.accelerator == "cpu"
     paper = _config(["experiment=pretrain_paper", "trainer=gpu"])
     assert paper.data.clip_len == 32 and paper.data.patch == 32 and paper.data.versions == 10
     assert paper.model.backbone.embed_dim == 96 and list(paper.model.backbone.depths) == [2, 2, 6, 2]
