@@ -141,3 +141,13 @@ def test_without_data_the_run_explains_what_to_do(tmp_path: Path) -> None:
     assert "no distortion tree at" in result.stderr
     assert "qasa-vqa demo-data" in result.stderr and "qasa-vqa synth" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_demo_preset_on_the_demo_corpus_separates_versions_better(tmp_path: Path) -> None:
+    # make test-all: about 1 minute for the corpus and 3 for the run on 2 cores
+    from qasa_vqa.data.synthetic import generate_demo_corpus
+
+    corpus = generate_demo_corpus(tmp_path / "demo_data", progress=False)
+    result = run(_config([f"data.root={corpus.tree_dir}", "logger=csv"]), tmp_path / "run")
+    assert result["retrieval_after"] > result["retrieval_before"]
