@@ -49,11 +49,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     datamodule = PretrainDataModule(
         data.root,
-        versions=data.versions,
-        clip_len=data.clip_len,
-        frame_interval=data.frame_interval,
-        grid=data.grid,
-        patch=data.patch,
+        **_view_options(cfg),
         batch_size=data.batch_size,
         num_workers=data.num_workers,
         seed=cfg.seed,
@@ -106,6 +102,12 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     return result
 
 
+def _view_options(cfg: DictConfig) -> dict[str, int]:
+    """How items are drawn from the tree: versions per scene, clip length and stride, fragment grid."""
+    names = ("versions", "clip_len", "frame_interval", "grid", "patch")
+    return {name: int(cfg.data[name]) for name in names}
+
+
 def _resume_from(resume: str | None, output_dir: Path) -> str | None:
     if resume in (None, "null", "none"):
         return None
@@ -120,15 +122,7 @@ def _resume_from(resume: str | None, output_dir: Path) -> str | None:
 def _retrieval(module: STVQRLPretrainModule, cfg: DictConfig) -> float:
     """Accuracy on ``retrieval_draws`` fixed draws per scene (the same draws before and after training)."""
     data = cfg.data
-    dataset = PretrainDataset(
-        data.root,
-        versions=data.versions,
-        clip_len=data.clip_len,
-        frame_interval=data.frame_interval,
-        grid=data.grid,
-        patch=data.patch,
-        seed=cfg.seed + 12345,
-    )
+    dataset = PretrainDataset(data.root, **_view_options(cfg), seed=cfg.seed + 12345)
     training = module.training
     module.eval()
     device = module.device
