@@ -23,7 +23,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, Ri
 from omegaconf import DictConfig, OmegaConf
 
 from qasa_vqa.data.datamodules import PretrainDataModule
-from qasa_vqa.data.datasets import PretrainDataset, find_distortion_tree
+from qasa_vqa.data.datasets import DistortionTreeError, PretrainDataset, find_distortion_tree
 from qasa_vqa.errors import QasaVqaError
 from qasa_vqa.lit.stvqrl import STVQRLPretrainModule
 from qasa_vqa.models.checkpoints import save_stvqrl_backbone
@@ -139,11 +139,11 @@ def _retrieval(module: STVQRLPretrainModule, cfg: DictConfig) -> float:
 def main(cfg: DictConfig) -> None:
     try:
         run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except DistortionTreeError as error:
+        print(_NO_DATA.format(root=cfg.data.root, reason=error), file=sys.stderr)
+        sys.exit(2)
     except QasaVqaError as error:
-        if "distortion tree" in str(error) or "no '0' folder" in str(error) or "no scene has" in str(error):
-            print(_NO_DATA.format(root=cfg.data.root, reason=error), file=sys.stderr)
-        else:
-            print(f"qasa-vqa pretrain: error: {error}", file=sys.stderr)
+        print(f"qasa-vqa pretrain: error: {error}", file=sys.stderr)
         sys.exit(2)
 
 

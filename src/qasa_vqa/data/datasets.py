@@ -34,8 +34,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate, get_worker_info
 
-from qasa_vqa.data.manifests import VideoRecord
+from qasa_vqa.data.manifests import VideoRecord, normalise_mos
 from qasa_vqa.errors import QasaVqaError, VideoDecodeError
+from qasa_vqa.video.distortions import find_videos
 from qasa_vqa.video.fragments import (
     apply_fragments,
     fragment_layout,
@@ -44,10 +45,11 @@ from qasa_vqa.video.fragments import (
     normalise,
     upsample_for_fragments,
 )
-from qasa_vqa.video.reader import VIDEO_SUFFIXES, VideoInfo, probe, read_frames
+from qasa_vqa.video.reader import VideoInfo, probe, read_frames
 from qasa_vqa.video.sampling import contiguous_clip_indices, fragment_frame_indices
 
 __all__ = [
+    "DistortionTreeError",
     "EvaluationDataset",
     "PretrainDataset",
     "SemiSupervisedDataset",
@@ -59,6 +61,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 OnError = Literal["skip", "raise"]
+
+
+class DistortionTreeError(QasaVqaError):
+    """A folder that is not a usable ST-VQRL distortion tree ``root/{0..12}/<name>``."""
 
 
 @dataclass(frozen=True)
@@ -191,7 +197,7 @@ class SemiSupervisedDataset(_SeededItems):
             resize_stats=spec.resize_stats,
         )
         if self.labelled:
-            item["mos"] = torch.tensor(_normalised(record.mos, self.mos_scale), dtype=torch.float32)
+            item["mos"] = torch.tensor(normalise_mos(record.mos, self.mos_scale), dtype=torch.float32)
         item["path"] = record.path
         return item
 
@@ -243,7 +249,7 @@ class EvaluationDataset(_SeededItems):
             resize_stats=spec.resize_stats,
         )
         raw = float("nan") if record.mos is None else float(record.mos)
-        item["mos"] = torch.tensor(_normalised(raw, self.mos_scale), dtype=torch.float32)
+        item["mos"] = torch.tensor(normalise_mos(raw, self.mos_scale), dtype=torch.float32)
         item["mos_raw"] = torch.tensor(raw, dtype=torch.float64)
         item["path"] = record.path
         return item
@@ -264,15 +270,15 @@ def find_distortion_tree(root: str | Path, *, min_distortions: int = 1) -> dict[
     root = Path(root)
     reference_dir = root / "0"
     if not reference_dir.is_dir():
-        raise QasaVqaError(
+        raise DistortionTreeError(
             f"{root} is not a distortion tree: it has no '0' folder of reference videos (make one with "
             "`qasa-vqa synth PRISTINE_DIR OUT_DIR` or `qasa-vqa demo-data`)"
         )
-    names = sorted(
-        path.relative_to(reference_dir).as_posix()
-        for path in reference_dir.rglob("*")
-        if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES and not path.name.startswith(".")
-    )
+    try:
+        references = find_videos(reference_dir)
+    except QasaVqaError as error:
+        raise DistortionTreeError(f"{root} is not a distortion tree: {error}") from None
+    names = [path.relative_to(reference_dir).as_posix() for path in references]
     scenes = {name: [k for k in range(1, 13) if (root / str(k) / name).is_file()] for name in names}
     short = [name for name, versions in scenes.items() if len(versions) < min_distortions]
     if short:
@@ -285,7 +291,7 @@ def find_distortion_tree(root: str | Path, *, min_distortions: int = 1) -> dict[
         )
     kept = {name: versions for name, versions in scenes.items() if len(versions) >= min_distortions}
     if not kept:
-        raise QasaVqaError(
+        raise DistortionTreeError(
             f"{root}: no scene has {min_distortions} distorted versions ({len(names)} references found)"
         )
     return kept
@@ -343,13 +349,17 @@ class PretrainDataset(_SeededItems):
         layout, clips = None, []
         for version in chosen:
             path = self.root / str(version) / name
-            video = torch.from_numpy(read_frames(path, indices)).permute(3, 0, 1, 2)
-            if video.shape[-2:] != (info.display_height, info.display_width):
+            version_info = info if version == 0 else self._probe(path)
+            if (version_info.display_width, version_info.display_height) != (
+                info.display_width,
+                info.display_height,
+            ):
                 raise VideoDecodeError(
                     path,
-                    f"{video.shape[-1]}x{video.shape[-2]} frames, but the reference "
+                    f"{version_info.display_width}x{version_info.display_height} frames, but the reference "
                     f"{reference} is {info.display_width}x{info.display_height}",
                 )
+            video = torch.from_numpy(read_frames(path, indices, info=version_info)).permute(3, 0, 1, 2)
             video = upsample_for_fragments(video, size)
             if layout is None:  # one offset set for all frames and all versions (aligned = 64)
                 height, width = video.shape[-2:]
@@ -370,8 +380,3 @@ class PretrainDataset(_SeededItems):
             "versions": torch.tensor(chosen, dtype=torch.int64),
             "scene": name,
         }
-
-
-def _normalised(mos: float, scale: tuple[float, float]) -> float:
-    low, high = scale
-    return (mos - low) / (high - low)

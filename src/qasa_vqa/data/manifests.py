@@ -50,6 +50,7 @@ __all__ = [
     "ManifestError",
     "VideoRecord",
     "detect_format",
+    "normalise_mos",
     "read_manifest",
     "write_plain_csv",
 ]
@@ -124,8 +125,7 @@ class Manifest:
 
     def normalised(self, mos: float) -> float:
         """``mos`` mapped from this manifest's scale to [0, 1] (LSVQ: ``mos / 100``, as QASA trains)."""
-        low, high = self.scale
-        return (mos - low) / (high - low)
+        return normalise_mos(mos, self.scale)
 
     def split(self, name: str) -> list[VideoRecord]:
         """The records whose ``split`` field (plain CSV) equals ``name``."""
@@ -142,6 +142,12 @@ class Manifest:
     def resolve(self, record: VideoRecord) -> Path:
         """The file of ``record`` under the root (the manifest's folder when no root was given)."""
         return (self.root or self.source.parent) / record.path
+
+
+def normalise_mos(mos: float, scale: tuple[float, float]) -> float:
+    """``mos`` mapped from the MOS range ``scale = (low, high)`` to [0, 1]."""
+    low, high = scale
+    return (mos - low) / (high - low)
 
 
 def read_manifest(
