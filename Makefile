@@ -9,8 +9,10 @@ DEMO_DIR ?= demo_output
 DEMO_DATA ?= demo_data
 PYTEST_ARGS ?=
 PRETRAIN_ARGS ?=
+DEMO_CLIP_DIR ?= runs/demo-clip
+DEMO_CLIP_ARGS ?=
 
-.PHONY: help install test test-all lint format bench demo demo-data pretrain clean
+.PHONY: help install test test-all lint format bench demo demo-data demo-clip pretrain clean
 
 help: ## List the commands
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -45,6 +47,9 @@ demo: $(STAMP) ## Generate a sample clip and draw what the models see (demo_outp
 
 demo-data: $(STAMP) ## Generate the demo corpus offline (demo_data/: rated clips, manifest, ST-VQRL tree)
 	$(PY) -m qasa_vqa demo-data --out $(DEMO_DATA)
+
+demo-clip: $(STAMP) demo-data ## Remake the shipped demo CLIP and measure it zero-shot (DEMO_CLIP_ARGS="--minutes 10 ...")
+	$(PY) -m qasa_vqa demo-clip --out $(DEMO_CLIP_DIR) --corpus $(DEMO_DATA) $(DEMO_CLIP_ARGS)
 
 pretrain: $(STAMP) ## ST-VQRL pretraining, CPU demo preset on demo_data/tree (PRETRAIN_ARGS="key=value ...")
 	$(PY) -m qasa_vqa.pretrain $(PRETRAIN_ARGS)

@@ -2,7 +2,8 @@
 
 Subcommands: ``probe`` (what the reader sees in a video), ``views`` (draw the four model views of a
 video as a PNG), ``demo`` (make a sample clip and draw its views), ``synth`` (the ST-VQRL distortion
-tree of a folder of pristine videos), ``demo-data`` (the generated demo corpus), ``manifest`` (read and
+tree of a folder of pristine videos), ``demo-data`` (the generated demo corpus), ``demo-clip`` (train
+and measure the offline demo CLIP), ``manifest`` (read and
 summarise a label file), ``split`` (write a split file of labelled / unlabelled videos) and
 ``convert`` (official ST-VQRL / QASA checkpoints to our format and back). Errors the
 library raises on purpose are printed as one line and exit with status 2; nothing here prints a
@@ -82,6 +83,54 @@ def build_parser() -> argparse.ArgumentParser:
     demo_data.add_argument("--no-tree", action="store_true", help="skip the ST-VQRL distortion tree")
     demo_data.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    demo_clip = commands.add_parser(
+        "demo-clip",
+        help="train the offline demo CLIP (a quality-aware stand-in for OpenAI's) and measure it zero-shot",
+    )
+    demo_clip.add_argument(
+        "--out", type=Path, default=Path("runs/demo-clip"), help="output folder (default: runs/demo-clip)"
+    )
+    demo_clip.add_argument(
+        "--seed", type=int, default=0, help="the same seed gives the same model (default: 0)"
+    )
+    budget = demo_clip.add_mutually_exclusive_group()
+    budget.add_argument(
+        "--steps", type=int, default=None, help="training steps (default: the shipped model's)"
+    )
+    budget.add_argument(
+        "--minutes", type=float, default=None, help="wall-clock budget for making pairs and training"
+    )
+    demo_clip.add_argument(
+        "--shots",
+        type=int,
+        default=None,
+        help="generated shots (x4 versions x2 pictures; default: the shipped model's)",
+    )
+    demo_clip.add_argument(
+        "--corpus",
+        type=Path,
+        default=Path("demo_data"),
+        help="demo corpus to measure zero-shot quality on; its test photos are never trained on (default: demo_data)",
+    )
+    demo_clip.add_argument(
+        "--evaluate-only", action="store_true", help="only measure the weights of --weights on --corpus"
+    )
+    demo_clip.add_argument(
+        "--weights",
+        default="demo",
+        help="weights to measure with --evaluate-only (default: the shipped 'demo')",
+    )
+    demo_clip.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default: 1000)")
+    demo_clip.add_argument(
+        "--workers", type=int, default=None, help="processes making pairs (default: all CPUs)"
+    )
+    demo_clip.add_argument("--no-progress", action="store_true", help="no progress bars")
+    demo_clip.add_argument(
+        "--snapshots",
+        default="",
+        help="comma-separated steps at which to also write the model (snapshot_<step>.safetensors)",
+    )
+
     convert = commands.add_parser(
         "convert",
         help="convert an ST-VQRL / QASA checkpoint (official or ours) to our format or the official one",
@@ -120,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument(
         "--strategy", default="random", help="random, mos-stratified or linspace (default: random)"
     )
+
     return parser
 
 
@@ -224,6 +274,61 @@ def _demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _steps_list(text: str) -> list[int]:
+    try:
+        steps = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise QasaVqaError(
+            f"--snapshots {text!r}: give comma-separated step numbers, e.g. 500,1000"
+        ) from None
+    if any(step < 1 for step in steps):
+        raise QasaVqaError(f"--snapshots {text!r}: steps start at 1")
+    return steps
+
+
+def _demo_clip(args: argparse.Namespace) -> int:
+    import os
+
+    from qasa_vqa.democlip.make import Recipe, format_report, make_demo_clip, measure, record_measurement
+
+    has_corpus = (args.corpus / "manifest.csv").is_file()
+    if args.evaluate_only:
+        if not has_corpus:
+            raise QasaVqaError(f"{args.corpus}: no demo corpus to measure on; make one with 'make demo-data'")
+        report = measure(args.weights, args.corpus, seed=args.seed, bootstrap=args.bootstrap,
+                         progress=not args.no_progress)  # fmt: skip
+        print(format_report(report, args.corpus))
+        return 0
+    defaults = Recipe()
+    recipe = Recipe(
+        seed=args.seed,
+        shots=args.shots or defaults.shots,
+        steps=args.steps or defaults.steps,
+    )
+    made = make_demo_clip(
+        args.out,
+        recipe,
+        minutes=args.minutes,
+        corpus=args.corpus if has_corpus else None,
+        workers=args.workers or os.cpu_count() or 1,
+        progress=not args.no_progress,
+        snapshots=_steps_list(args.snapshots),
+    )
+    print(f"wrote {made.weights} ({made.weights.stat().st_size / 1e6:.1f} MB), {made.log}, {made.preview}")
+    print(f"  reproduce: {made.provenance['command']}")
+    if has_corpus:
+        report = measure(made.weights, args.corpus, seed=args.seed, bootstrap=args.bootstrap,
+                         progress=not args.no_progress)  # fmt: skip
+        record_measurement(made.weights, report, args.corpus)
+        print(format_report(report, args.corpus))
+    else:
+        print(
+            f"no demo corpus at {args.corpus}: zero-shot measurement skipped (make demo-data, or --corpus DIR)"
+        )
+    print(f"use it: build_clip_quality(pretrained='{made.weights}'), or clip.pretrained={made.weights}")
+    return 0
+
+
 def _convert(args: argparse.Namespace) -> int:
     from qasa_vqa.models.checkpoints import convert_checkpoint
 
@@ -293,6 +398,7 @@ _COMMANDS = {
     "demo": _demo,
     "synth": _synth,
     "demo-data": _demo_data,
+    "demo-clip": _demo_clip,
     "convert": _convert,
     "manifest": _manifest,
     "split": _split,

@@ -270,7 +270,7 @@ def test_local_clip_files(tmp_path: Path) -> None:
 
 
 def test_weight_source_errors(monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(QasaVqaError, match="local test architecture"):
+    with pytest.raises(QasaVqaError, match="local architecture without released weights"):
         create_clip("tiny", pretrained="openai")
     with pytest.raises(QasaVqaError, match="unknown CLIP model"):
         create_clip("no-such-model", pretrained=None)

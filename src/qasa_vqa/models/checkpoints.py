@@ -41,6 +41,7 @@ from qasa_vqa.models.clip_quality import (
     load_visual_official,
     visual_state_dict_official,
 )
+from qasa_vqa.models.clip_weights import strip_prefix
 from qasa_vqa.models.head import VQAHead
 from qasa_vqa.models.qasa import QASAModel, QualityRegressor
 from qasa_vqa.models.swin3d import VideoSwinBackbone
@@ -112,7 +113,7 @@ _MLP_TO_OURS = {"mlp.fc1.": "mlp.0.", "mlp.fc2.": "mlp.3."}
 def official_to_ours(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Official ST-VQRL backbone names -> ours (torchvision's); other keys pass unchanged."""
     mapped = {}
-    for key, value in _strip(state_dict, "module.").items():
+    for key, value in strip_prefix(state_dict, "module.").items():
         if match := _BLOCK.match(key):
             stage, block, rest = match.groups()
             for old, new in _MLP_TO_OURS.items():
@@ -139,12 +140,6 @@ def ours_to_official(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
                 key = f"layers.{index // 2}.blocks.{block}.{rest}"
         mapped[key] = value
     return mapped
-
-
-def _strip(state_dict: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
-    if state_dict and all(key.startswith(prefix) for key in state_dict):
-        return {key[len(prefix) :]: value for key, value in state_dict.items()}
-    return dict(state_dict)
 
 
 def _load_strict(module: nn.Module, state_dict: Mapping[str, Tensor], what: str, strict: bool) -> KeyReport:
@@ -198,7 +193,7 @@ def _backbone_from(payload: Mapping[str, Any], kind: str, path: Path) -> tuple[d
         weights = {k[len(prefix) :]: v for k, v in payload["state_dict"].items() if k.startswith(prefix)}
         return payload["architecture"]["backbone"], weights
     if kind == "official-qasa":
-        primary = _strip(payload["primary"], "module.")
+        primary = strip_prefix(payload["primary"], "module.")
         return {}, {k[len("backbone.") :]: v for k, v in primary.items() if k.startswith("backbone.")}
     if kind == "official-stvqrl":
         return {}, payload["model"]
@@ -256,7 +251,7 @@ def _text_model(model: QASAModel) -> str:
 
 def _official_qasa(payload: Mapping[str, Any], path: Path, strict: bool) -> QASAModel:
     regressor = QualityRegressor(VideoSwinBackbone(), VQAHead())
-    primary = _strip(payload["primary"], "module.")
+    primary = strip_prefix(payload["primary"], "module.")
     mapped = {
         (f"backbone.{key}" if not key.startswith("vqa_head.") else key): value
         for key, value in official_to_ours(

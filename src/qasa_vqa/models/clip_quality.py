@@ -26,9 +26,6 @@ and sigmoid are computed in float32 even under autocast.
 from __future__ import annotations
 
 import copy
-import os
-import warnings
-import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +37,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
 from qasa_vqa.errors import QasaVqaError
+from qasa_vqa.models.clip_weights import read_clip_file, read_clip_header, resolve_weights, strip_prefix
 
 __all__ = [
     "DEFAULT_PAIRS",
@@ -70,13 +68,20 @@ DEFAULT_PROMPT_TEMPLATE = "a {} photo."
 DEFAULT_PAIRS: tuple[tuple[int, int], ...] = ((0, 1), (2, 3))
 DEFAULT_TAU = 0.1
 
-# Small architectures that open_clip does not know, built with ``open_clip.CLIP(**config)``.
+# Small architectures that open_clip does not know, built with ``open_clip.CLIP(**config)``: "tiny", a
+# random twin for tests, and "qasa-demo", the offline demo CLIP (qasa_vqa.democlip; weights: "demo").
 LOCAL_CLIP_CONFIGS: dict[str, dict[str, Any]] = {
     "tiny": {
         "embed_dim": 32,
         "quick_gelu": True,
         "vision_cfg": {"image_size": 224, "patch_size": 32, "width": 64, "head_width": 32, "layers": 2},
         "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+    },
+    "qasa-demo": {
+        "embed_dim": 128,
+        "quick_gelu": True,
+        "vision_cfg": {"image_size": 224, "patch_size": 32, "width": 128, "head_width": 32, "layers": 4},
+        "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
     },
 }
 
@@ -248,57 +253,7 @@ class CLIPQuality(nn.Module):
 # Building CLIP and the prompt features
 
 
-def _weights_source(pretrained: str | Path | None) -> str | Path | None:
-    """``None`` (random init), a local file (``Path``) or an open_clip pretrained tag (``str``)."""
-    if pretrained is None:
-        return None
-    text = str(pretrained)
-    is_path = isinstance(pretrained, Path) or os.sep in text or "/" in text or Path(text).suffix != ""
-    if not is_path and not Path(text).exists():
-        return text
-    path = Path(text).expanduser()
-    if not path.is_file():
-        raise QasaVqaError(f"CLIP weights file not found: {path}")
-    return path
-
-
-def _is_torchscript_archive(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.rsplit("/", 1)[-1] == "constants.pkl" for name in archive.namelist())
-
-
-def _read_clip_file(path: Path) -> dict[str, Tensor]:
-    """A full CLIP state dict from OpenAI's TorchScript archive, a torch.save file or safetensors."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    if _is_torchscript_archive(path):
-        # OpenAI's released format; only the tensors are read, the scripted code is never run.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise QasaVqaError(f"{path}: cannot read a CLIP state dict ({err})") from err
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise QasaVqaError(f"{path}: not a CLIP state dict (expected a mapping of names to tensors)")
-    return dict(obj)
-
-
-def _strip_prefix(state_dict: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
-    if state_dict and all(k.startswith(prefix) for k in state_dict):
-        return {k[len(prefix) :]: v for k, v in state_dict.items()}
-    return dict(state_dict)
-
-
-def _load_clip_file(model: nn.Module, path: Path) -> None:
-    state_dict = _strip_prefix(_read_clip_file(path), "module.")
+def _load_weights(model: nn.Module, path: Path, state_dict: Mapping[str, Tensor]) -> None:
     persistent = model.state_dict()
     ignored = _OPENAI_METADATA_KEYS | {n for n, _ in model.named_buffers() if n not in persistent}
     state_dict = {k: v for k, v in state_dict.items() if k not in ignored}
@@ -308,27 +263,54 @@ def _load_clip_file(model: nn.Module, path: Path) -> None:
     model.load_state_dict(state_dict, strict=True)
 
 
+def _architecture(model_name: str | None, source: str | Path | None) -> tuple[str, dict[str, Any] | None]:
+    """The model name and, for local architectures and self-describing files, the open_clip.CLIP
+    arguments. A self-describing file decides the architecture; a ``model_name`` that disagrees is an
+    error."""
+    header = read_clip_header(source) if isinstance(source, Path) else None
+    if header is not None:
+        known = LOCAL_CLIP_CONFIGS.get(model_name or header.model_name)
+        if model_name is not None and model_name != header.model_name and known != header.config:
+            raise QasaVqaError(
+                f"{source} holds the CLIP '{header.model_name}' (vision {header.config['vision_cfg']}), not "
+                f"'{model_name}': leave the model name out to use the file's own architecture"
+            )
+        return header.model_name, header.config
+    name = model_name or OPENAI_VIT_B32
+    return name, (copy.deepcopy(LOCAL_CLIP_CONFIGS[name]) if name in LOCAL_CLIP_CONFIGS else None)
+
+
 def create_clip(
-    model_name: str = OPENAI_VIT_B32,
+    model_name: str | None = None,
     pretrained: str | Path | None = "openai",
     device: torch.device | str | None = None,
 ) -> nn.Module:
     """A full open_clip CLIP model (both towers) in eval mode.
 
-    ``model_name`` is an open_clip name (``"ViT-B-32-quickgelu"`` for OpenAI's ViT-B/32) or a key of
-    :data:`LOCAL_CLIP_CONFIGS`. ``pretrained`` is an open_clip tag (``"openai"``; needs network or a
-    filled cache), a local file (OpenAI's ``ViT-B-32.pt``, an open_clip ``.pt``/``.bin``/
-    ``.safetensors``), or ``None`` for random weights.
+    ``model_name`` is an open_clip name (``"ViT-B-32-quickgelu"`` for OpenAI's ViT-B/32, the default) or
+    a key of :data:`LOCAL_CLIP_CONFIGS`; leave it out for a self-describing file, which carries its own.
+    ``pretrained`` is an open_clip tag (``"openai"``; needs network or a filled cache), ``"demo"`` (the
+    shipped demo CLIP), a local file (OpenAI's ``ViT-B-32.pt``, an open_clip ``.pt``/``.bin``/
+    ``.safetensors``, a self-describing file of :mod:`~qasa_vqa.models.clip_weights`), or ``None`` for
+    random weights.
     """
+    return _create(model_name, pretrained, device)[0]
+
+
+def _create(
+    model_name: str | None, pretrained: str | Path | None, device: torch.device | str | None
+) -> tuple[nn.Module, str]:
+    """:func:`create_clip`, also returning the model name (the file's own for a self-describing file)."""
     device = torch.device(device if device is not None else "cpu")
-    source = _weights_source(pretrained)
-    if model_name in LOCAL_CLIP_CONFIGS:
+    source = resolve_weights(pretrained)
+    model_name, config = _architecture(model_name, source)
+    if config is not None:
         if isinstance(source, str):
             raise QasaVqaError(
-                f"CLIP config '{model_name}' is a local test architecture without released weights: "
-                f"use pretrained=None or a local file, not the tag '{source}'"
+                f"CLIP config '{model_name}' is a local architecture without released weights: "
+                f"use pretrained=None, 'demo' or a local file, not the tag '{source}'"
             )
-        model = open_clip.CLIP(**copy.deepcopy(LOCAL_CLIP_CONFIGS[model_name]))
+        model = open_clip.CLIP(**config)
     elif model_name not in open_clip.list_models():
         raise QasaVqaError(
             f"unknown CLIP model '{model_name}': use an open_clip name such as '{OPENAI_VIT_B32}' or one of "
@@ -348,16 +330,23 @@ def create_clip(
     else:
         model = open_clip.create_model(model_name, pretrained=None)
     if isinstance(source, Path):
-        _load_clip_file(model, source)
-    return model.to(device).eval()
+        _load_weights(model, source, read_clip_file(source))
+    return model.to(device).eval(), model_name
 
 
-def get_clip_tokenizer(model_name: str = OPENAI_VIT_B32) -> Any:
-    """open_clip's tokenizer for ``model_name`` (CLIP's lower-casing BPE for the OpenAI and local models)."""
+def get_clip_tokenizer(model_name: str = OPENAI_VIT_B32, model: nn.Module | None = None) -> Any:
+    """open_clip's tokenizer for ``model_name`` (CLIP's lower-casing BPE). For architectures open_clip
+    does not know (local ones, self-describing files) it is the same BPE at the context length of
+    ``model`` or of :data:`LOCAL_CLIP_CONFIGS`."""
+    if model_name in open_clip.list_models():
+        return open_clip.get_tokenizer(model_name)
+    if model is not None:
+        return open_clip.SimpleTokenizer(context_length=model.context_length)
     if model_name in LOCAL_CLIP_CONFIGS:
-        context_length = LOCAL_CLIP_CONFIGS[model_name]["text_cfg"]["context_length"]
-        return open_clip.SimpleTokenizer(context_length=context_length)
-    return open_clip.get_tokenizer(model_name)
+        return open_clip.SimpleTokenizer(
+            context_length=LOCAL_CLIP_CONFIGS[model_name]["text_cfg"]["context_length"]
+        )
+    raise QasaVqaError(f"unknown CLIP model '{model_name}': no tokenizer for it")
 
 
 def compute_prompt_features(clip_model: nn.Module, tokenizer: Any, prompts: Sequence[str]) -> Tensor:
@@ -377,20 +366,23 @@ def compute_prompt_features(clip_model: nn.Module, tokenizer: Any, prompts: Sequ
 def load_prompt_features(
     text_source: str | Path,
     prompts: Sequence[str] = DEFAULT_PROMPTS,
-    model_name: str = OPENAI_VIT_B32,
+    model_name: str | None = None,
 ) -> Tensor:
-    """Prompt features ``[P, D]`` (on CPU) from CLIP weights given as a tag (``"openai"``) or a local file.
+    """Prompt features ``[P, D]`` (on CPU) from CLIP weights given as a tag (``"openai"``, ``"demo"``) or
+    a local file; ``model_name`` as in :func:`create_clip`.
 
     This is how a model restored from the official QASA checkpoint (no text tower) gets its prompts.
     """
     if text_source is None:
-        raise QasaVqaError("load_prompt_features needs CLIP weights: the tag 'openai' or a local CLIP file")
-    clip_model = create_clip(model_name, text_source, device="cpu")
-    return compute_prompt_features(clip_model, get_clip_tokenizer(model_name), prompts)
+        raise QasaVqaError(
+            "load_prompt_features needs CLIP weights: the tag 'openai', 'demo' or a local CLIP file"
+        )
+    clip_model, name = _create(model_name, text_source, "cpu")
+    return compute_prompt_features(clip_model, get_clip_tokenizer(name, clip_model), prompts)
 
 
 def build_clip_quality(
-    model_name: str = OPENAI_VIT_B32,
+    model_name: str | None = None,
     pretrained: str | Path | None = "openai",
     prompts: Sequence[str] = DEFAULT_PROMPTS,
     pairs: Sequence[tuple[int, int]] = DEFAULT_PAIRS,
@@ -398,12 +390,13 @@ def build_clip_quality(
     device: torch.device | str | None = None,
 ) -> CLIPQuality:
     """CLIP quality branch: visual tower of ``model_name`` with ``pretrained`` weights, prompt features
-    computed once by its text tower, which is then dropped. ``pretrained=None`` gives random weights."""
+    computed once by its text tower, which is then dropped. ``pretrained=None`` gives random weights;
+    ``pretrained="demo"`` or a self-describing file needs no ``model_name`` (:func:`create_clip`)."""
     _check_prompt_setup(prompts, pairs, tau)
-    clip_model = create_clip(model_name, pretrained, device)
-    features = compute_prompt_features(clip_model, get_clip_tokenizer(model_name), prompts)
+    clip_model, name = _create(model_name, pretrained, device)
+    features = compute_prompt_features(clip_model, get_clip_tokenizer(name, clip_model), prompts)
     return CLIPQuality(
-        clip_model.visual, features, prompts=prompts, pairs=pairs, tau=tau, model_name=model_name
+        clip_model.visual, features, prompts=prompts, pairs=pairs, tau=tau, model_name=name
     ).train()
 
 
@@ -480,7 +473,7 @@ def load_visual_official(
     to its ``visual.`` keys. With ``strict`` any missing, unexpected or reshaped key raises a
     :class:`QasaVqaError` naming them; otherwise the matching keys are loaded and the report returned.
     """
-    given = _strip_prefix(state_dict, "module.")
+    given = strip_prefix(state_dict, "module.")
     if any(k.startswith("visual.") for k in given):
         given = {k[len("visual.") :]: v for k, v in given.items() if k.startswith("visual.")}
     visual = _visual_of(model)
