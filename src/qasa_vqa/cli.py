@@ -170,6 +170,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--strategy", default="random", help="random, mos-stratified or linspace (default: random)"
     )
 
+    report = commands.add_parser(
+        "report", help="summarise a label-budget sweep: mean +- std per budget and method, and the curve"
+    )
+    report.add_argument(
+        "sweep", type=Path, metavar="SWEEP_DIR", help="a sweep folder (with results.csv) or the CSV"
+    )
+    report.add_argument(
+        "--metric", default=None, help="the metric to plot (default: the first test/<set>/qasa/srcc column)"
+    )
+    report.add_argument(
+        "--out", type=Path, default=None, help="the plot (default: <sweep dir>/label_budget.png)"
+    )
     return parser
 
 
@@ -392,6 +404,39 @@ def _split(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from qasa_vqa.sweeps import RESULTS_CSV, plot_budget_curve, read_rows, summarise
+
+    path = args.sweep / RESULTS_CSV if args.sweep.is_dir() else args.sweep
+    rows = read_rows(path)
+    if not rows:
+        raise QasaVqaError(f"{path}: no sweep results here (runs append to it when they finish)")
+    columns = [c for c in rows[0] if c.startswith("test/") and c.endswith(("/srcc", "/plcc"))]
+    if not columns:
+        columns = [c for c in rows[0] if c.startswith("val/") and c.endswith(("/srcc", "/plcc"))]
+    metric = args.metric or next(
+        (c for c in columns if c.endswith("/qasa/srcc")), columns[0] if columns else None
+    )
+    if metric is None or metric not in rows[0]:
+        raise QasaVqaError(f"{path}: no column {metric!r}; columns: {', '.join(rows[0])}")
+    summary = summarise(rows, columns)
+    names = [c.split("/", 1)[1] for c in columns]
+    print(f"{path}: {len(rows)} runs; mean +- std over seeds")
+    header = f"{'experiment':<24} {'ablation':<14} {'labels':>6} {'runs':>4}  " + "  ".join(
+        f"{n:>24}" for n in names
+    )
+    print(header)
+    for entry in summary:
+        cells = [f"{entry[c]['mean']:.3f} +- {entry[c]['std']:.3f}".rjust(24) for c in columns]
+        print(
+            f"{entry['experiment']:<24} {entry['ablation']:<14} {entry['n_labelled']:>6} {entry['runs']:>4}  "
+            + "  ".join(cells)
+        )
+    out = args.out or path.with_name("label_budget.png")
+    print(f"wrote {plot_budget_curve(summary, metric, out)} ({metric})")
+    return 0
+
+
 _COMMANDS = {
     "probe": _probe,
     "views": _views,
@@ -402,4 +447,5 @@ _COMMANDS = {
     "convert": _convert,
     "manifest": _manifest,
     "split": _split,
+    "report": _report,
 }

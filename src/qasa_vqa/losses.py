@@ -56,7 +56,7 @@ __all__ = [
     "weighted_plcc_loss",
 ]
 
-MaskMode = Literal["batch", "sample"]
+MaskMode = Literal["batch", "sample", "always", "never"]
 Solver = Literal["pinv", "cholesky"]
 
 
@@ -186,7 +186,7 @@ def consistency_errors(
     ``mode="batch"`` (the reference): ``eps_L = l(a_L, b_L)``, ``eps_H = l(a_H, b_H)`` as 0-d tensors.
     ``mode="sample"``: the ``[B]`` vectors of :func:`sample_consistency_errors`.
     """
-    _check_mode(mode)
+    _check_mode(mode, ("batch", "sample"))
     if mode == "sample":
         return sample_consistency_errors(a_l, b_l), sample_consistency_errors(a_h, b_h)
     with torch.no_grad():
@@ -201,7 +201,7 @@ def transfer_mask(eps_l: Tensor | float, eps_h: Tensor | float, mode: MaskMode =
     two scalars (METHOD.md 4.6). ``mode="sample"``: a ``[B]`` mask from two ``[B]`` error vectors.
     The mask is a float tensor (the errors' dtype, float32 for Python numbers) without gradient.
     """
-    _check_mode(mode)
+    _check_mode(mode, ("batch", "sample"))
     el = torch.as_tensor(eps_l).detach()
     eh = torch.as_tensor(eps_h).detach()
     if mode == "batch":
@@ -237,6 +237,7 @@ def unlabelled_losses(
     * ``auxiliary`` = ``L_H^u = (1 - m) w_stab l(sg(a_L), a_H) + w_cons l(a_H, b_H)`` (none to Q_L).
 
     ``mode="batch"`` (the reference): ``m = [eps_L > eps_H]`` with ``eps = l(a, b)`` of each model.
+    ``mode="always"`` / ``"never"``: ``m = 1`` / ``m = 0`` whatever the errors (fixed-direction ablations).
     ``mode="sample"``: ``m_i = [e_L,i > e_H,i]`` with the per-sample errors of
     :func:`sample_consistency_errors`, and each transfer term is a correlation over the samples routed
     to that model: ``w_stab * (n / B) * l_S(a_L, sg(a_H))`` where ``S`` = the ``n`` samples with
@@ -258,8 +259,12 @@ def unlabelled_losses(
     eps_l, eps_h = cons_l.detach(), cons_h.detach()
     target_h, target_l = a_h.detach(), a_l.detach()
     out: dict[str, Tensor] = {"cons_l": cons_l, "cons_h": cons_h, "eps_l": eps_l, "eps_h": eps_h}
-    if mode == "batch":
-        mask = transfer_mask(eps_l, eps_h, "batch")
+    if mode in ("batch", "always", "never"):
+        mask = (
+            transfer_mask(eps_l, eps_h, "batch")
+            if mode == "batch"
+            else eps_l.new_tensor(float(mode == "always"))
+        )
         transfer_l = mask * w_stab * plcc_loss(a_l, target_h)
         transfer_h = (1 - mask) * w_stab * plcc_loss(target_l, a_h)
     else:
@@ -281,9 +286,9 @@ def unlabelled_losses(
     return out
 
 
-def _check_mode(mode: str) -> None:
-    if mode not in ("batch", "sample"):
-        raise ValueError(f"mode must be 'batch' or 'sample', got {mode!r}")
+def _check_mode(mode: str, allowed: tuple[str, ...] = ("batch", "sample", "always", "never")) -> None:
+    if mode not in allowed:
+        raise ValueError(f"mode must be one of {', '.join(allowed)}, got {mode!r}")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
-"""Quality-assessment metrics: SRCC, KRCC, PLCC (raw and fitted), RMSE, bootstrap intervals, and an
-epoch-level ``torchmetrics`` metric that gathers predictions correctly under DDP.
+"""Quality-assessment metrics: SRCC, KRCC, PLCC (raw and fitted), RMSE and bootstrap intervals.
+
+Pure numpy / scipy; the epoch-level ``torchmetrics`` version for the Lightning systems is
+:class:`qasa_vqa.lit.metrics.QualityMetrics`.
 
 Conventions (ANCHORS.md section 4; pyiqa's ``correlation_coefficient.py`` is the reference style):
 
@@ -50,15 +52,13 @@ Metric names logged by the Lightning modules follow ``{stage}/{branch}/{metric}`
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from scipy import optimize, stats
 from scipy.special import expit
-from torchmetrics import Metric
-from torchmetrics.utilities import dim_zero_cat
 
 from qasa_vqa.errors import QasaVqaError
 
@@ -69,7 +69,6 @@ __all__ = [
     "FitKind",
     "LogisticFitWarning",
     "MetricInputError",
-    "QualityMetrics",
     "apply_fit",
     "fit_logistic",
     "logistic4",
@@ -87,7 +86,7 @@ CORRELATION_KEYS: tuple[str, ...] = ("srcc", "krcc", "plcc", "plcc_logistic")
 INTERVAL_KEYS: tuple[str, ...] = ("srcc", "krcc", "plcc", "plcc_logistic", "rmse_logistic")
 """The keys that get ``<key>_low`` / ``<key>_high`` bootstrap intervals."""
 
-_DEFAULT_MAXFEV = 10_000
+DEFAULT_MAXFEV = 10_000
 
 
 class MetricInputError(QasaVqaError, ValueError):
@@ -221,7 +220,7 @@ def fit_logistic(
     mos: Any,
     kind: FitKind = "logistic4",
     *,
-    maxfev: int = _DEFAULT_MAXFEV,
+    maxfev: int = DEFAULT_MAXFEV,
     fallback: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Fit the mapping from predictions to MOS; return ``(params, mapped_pred)``.
@@ -233,7 +232,7 @@ def fit_logistic(
     :func:`apply_fit` recognises); ``fallback=False`` raises :class:`MetricInputError` instead.
     Reuse the mapping on new predictions with :func:`apply_fit`.
     """
-    kind = _check_kind(kind)
+    kind = check_fit_kind(kind)
     pred_arr, mos_arr = _validate(pred, mos)
     params, mapped, failed, reason = _fit(pred_arr, mos_arr, kind, maxfev)
     if failed:
@@ -280,7 +279,7 @@ def _validate(pred: Any, mos: Any, min_items: int = 3) -> tuple[np.ndarray, np.n
     return pred_arr, mos_arr
 
 
-def _check_kind(kind: str) -> str:
+def check_fit_kind(kind: str) -> str:
     if kind not in _FIT_KINDS:
         raise MetricInputError(f"unknown fit {kind!r}; choose one of {', '.join(_FIT_KINDS)}")
     return kind
@@ -363,7 +362,7 @@ def quality_metrics(
     bootstrap: int = 0,
     seed: int = 0,
     confidence: float = 0.95,
-    maxfev: int = _DEFAULT_MAXFEV,
+    maxfev: int = DEFAULT_MAXFEV,
 ) -> dict[str, float]:
     """SRCC, KRCC, PLCC (raw and fitted) and fitted RMSE of predictions against MOS.
 
@@ -386,7 +385,7 @@ def quality_metrics(
         MetricInputError: (a ``ValueError``) for non-1-D inputs, mismatched lengths, fewer than 3
             pairs, NaN/inf values, an unknown ``fit`` or invalid bootstrap settings.
     """
-    fit = _check_kind(fit)  # type: ignore[assignment]
+    fit = check_fit_kind(fit)  # type: ignore[assignment]
     if int(bootstrap) != bootstrap or bootstrap < 0:
         raise MetricInputError(f"bootstrap must be a non-negative integer, got {bootstrap!r}")
     if not 0.0 < confidence < 1.0:
@@ -419,91 +418,3 @@ def prefixed(metrics: Mapping[str, Any], stage: str, branch: str) -> dict[str, A
         if not value or "/" in value:
             raise MetricInputError(f"{label} must be a non-empty name without '/', got {value!r}")
     return {f"{stage}/{branch}/{key}": value for key, value in metrics.items()}
-
-
-# --------------------------------------------------------------------------------------------------
-# torchmetrics
-# --------------------------------------------------------------------------------------------------
-
-
-class QualityMetrics(Metric):
-    """Epoch-level :func:`quality_metrics` as a ``torchmetrics.Metric``.
-
-    Predictions and MOS are accumulated per batch (shape ``[B]`` or ``[B, 1]``) in list states
-    reduced by concatenation, so under DDP ``compute()`` sees every rank's samples. States are kept
-    in float64. ``compute()`` returns the dict of :func:`quality_metrics` as float64 scalar tensors;
-    wrap it in :func:`prefixed` before logging.
-    """
-
-    is_differentiable = False
-    higher_is_better: bool | None = None
-    full_state_update = False
-
-    preds: list[torch.Tensor] | torch.Tensor
-    target: list[torch.Tensor] | torch.Tensor
-
-    def __init__(
-        self,
-        *,
-        fit: FitKind = "logistic4",
-        bootstrap: int = 0,
-        seed: int = 0,
-        confidence: float = 0.95,
-        maxfev: int = _DEFAULT_MAXFEV,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.fit = _check_kind(fit)
-        self.bootstrap = bootstrap
-        self.seed = seed
-        self.confidence = confidence
-        self.maxfev = maxfev
-        self.add_state("preds", default=[], dist_reduce_fx="cat")
-        self.add_state("target", default=[], dist_reduce_fx="cat")
-        # float64 states; also the dtype of the empty tensor torchmetrics sends for a rank without data
-        self.set_dtype(torch.float64)
-
-    @staticmethod
-    def _flat(x: torch.Tensor | Sequence[float], name: str) -> torch.Tensor:
-        x = torch.as_tensor(x).detach()
-        if x.ndim == 2 and x.shape[1] == 1:
-            x = x[:, 0]
-        elif x.ndim == 0:
-            x = x.reshape(1)
-        if x.ndim != 1:
-            raise MetricInputError(
-                f"QualityMetrics.update: {name} must have shape [B] or [B, 1], got {tuple(x.shape)}"
-            )
-        return x
-
-    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
-        """Add a batch of predictions and MOS (shape ``[B]`` or ``[B, 1]``)."""
-        preds, target = self._flat(preds, "preds"), self._flat(target, "target")
-        if preds.shape != target.shape:
-            raise MetricInputError(
-                f"QualityMetrics.update: {preds.shape[0]} predictions but {target.shape[0]} targets"
-            )
-        self.preds.append(preds.to(device=self.device, dtype=self.dtype))
-        self.target.append(target.to(device=self.device, dtype=self.dtype))
-
-    def compute(self) -> dict[str, torch.Tensor]:
-        """:func:`quality_metrics` over everything seen (all ranks), as float64 tensors."""
-        if (isinstance(self.preds, list) and not self.preds) or (
-            isinstance(self.preds, torch.Tensor) and self.preds.numel() == 0
-        ):
-            raise MetricInputError(
-                "QualityMetrics.compute: no predictions accumulated (compute before update, or after reset)"
-            )
-        preds, target = dim_zero_cat(self.preds), dim_zero_cat(self.target)
-        result = quality_metrics(
-            preds,
-            target,
-            fit=self.fit,  # type: ignore[arg-type]
-            bootstrap=self.bootstrap,
-            seed=self.seed,
-            confidence=self.confidence,
-            maxfev=self.maxfev,
-        )
-        return {
-            key: torch.tensor(value, dtype=torch.float64, device=self.device) for key, value in result.items()
-        }

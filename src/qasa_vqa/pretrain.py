@@ -11,20 +11,19 @@ directory resumes from it), and at the end the backbone twice: ``stvqrl_backbone
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch import seed_everything
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from qasa_vqa.data.datamodules import PretrainDataModule
 from qasa_vqa.data.datasets import DistortionTreeError, PretrainDataset, find_distortion_tree
-from qasa_vqa.errors import QasaVqaError
+from qasa_vqa.lit.run import build_trainer, exit_on_error, resume_checkpoint, save_config
 from qasa_vqa.lit.stvqrl import STVQRLPretrainModule
 from qasa_vqa.models.checkpoints import save_stvqrl_backbone
 from qasa_vqa.models.swin3d import VideoSwinBackbone
@@ -45,8 +44,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     data = cfg.data
     find_distortion_tree(data.root, min_distortions=data.versions - 1)  # fails early, with the reason
     seed_everything(cfg.seed, workers=True)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    save_config(cfg, output_dir)
     datamodule = PretrainDataModule(
         data.root,
         **_view_options(cfg),
@@ -79,13 +77,17 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         save_top_k=0,
         every_n_train_steps=cfg.checkpoint_every_n_steps,
     )
-    trainer = Trainer(
-        **OmegaConf.to_container(cfg.trainer, resolve=True),
-        logger=hydra.utils.instantiate(cfg.logger, save_dir=str(output_dir)) if cfg.logger else False,
+    trainer = build_trainer(
+        cfg.trainer,
+        output_dir,
+        logger=cfg.logger,
         callbacks=[checkpoints, LearningRateMonitor(logging_interval="step"), RichProgressBar()],
-        default_root_dir=output_dir,
+        max_epochs=cfg.epochs,
+        log_every_n_steps=cfg.log_every_n_steps,
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_from(cfg.resume, output_dir))
+    trainer.fit(
+        module, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg.resume, output_dir), weights_only=True
+    )
     result["global_step"] = trainer.global_step
     if trainer.is_global_zero:
         result["backbone"] = save_stvqrl_backbone(module.backbone, output_dir / "stvqrl_backbone.pt")
@@ -108,17 +110,6 @@ def _view_options(cfg: DictConfig) -> dict[str, int]:
     return {name: int(cfg.data[name]) for name in names}
 
 
-def _resume_from(resume: str | None, output_dir: Path) -> str | None:
-    if resume in (None, "null", "none"):
-        return None
-    if resume == "auto":
-        last = output_dir / "checkpoints" / "last.ckpt"
-        return str(last) if last.exists() else None
-    if not Path(resume).is_file():
-        raise QasaVqaError(f"resume={resume}: no such checkpoint")
-    return str(resume)
-
-
 def _retrieval(module: STVQRLPretrainModule, cfg: DictConfig) -> float:
     """Accuracy on ``retrieval_draws`` fixed draws per scene (the same draws before and after training)."""
     data = cfg.data
@@ -137,14 +128,11 @@ def _retrieval(module: STVQRLPretrainModule, cfg: DictConfig) -> float:
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="pretrain")
 def main(cfg: DictConfig) -> None:
-    try:
-        run(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except DistortionTreeError as error:
-        print(_NO_DATA.format(root=cfg.data.root, reason=error), file=sys.stderr)
-        sys.exit(2)
-    except QasaVqaError as error:
-        print(f"qasa-vqa pretrain: error: {error}", file=sys.stderr)
-        sys.exit(2)
+    exit_on_error(
+        "qasa-vqa pretrain",
+        lambda: run(cfg, Path(HydraConfig.get().runtime.output_dir)),
+        {DistortionTreeError: lambda error: _NO_DATA.format(root=cfg.data.root, reason=error)},
+    )
 
 
 if __name__ == "__main__":

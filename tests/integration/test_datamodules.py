@@ -213,18 +213,29 @@ class _FakeTrainer:
 
 def test_ddp_ranks_see_disjoint_videos_and_the_same_number_of_batches(corpus: Path, tmp_path: Path) -> None:
     views = {"segments": 2, "frames_per_segment": 2, "grid": 2, "patch": 16, "size": 32}
-    seen = []
+    seen, unlabelled = [], []
     for rank in range(2):
-        module = _module(corpus, tmp_path, n_labelled=8, n_unlabelled=1, n_validation=0, views=views)
+        module = _module(corpus, tmp_path, n_labelled=4, n_unlabelled=4, n_validation=0, views=views)
         module.trainer = _FakeTrainer(2, rank)
         module.prepare_data()
         module.setup("fit")
         loader = module.train_dataloader()
         batches = [batch for batch, _, _ in loader]
-        assert len(batches) == 2  # 8 labelled / 2 ranks / batch 2
+        assert len(batches) == 1  # 4 labelled / 2 ranks / batch 2
         seen.append([path for batch in batches for path in batch["labelled"]["path"]])
-    assert not set(seen[0]) & set(seen[1])
+        unlabelled.append([path for batch in batches for path in batch["unlabelled"]["path"]])
+    assert not set(seen[0]) & set(seen[1]) and not set(unlabelled[0]) & set(unlabelled[1])
     assert sorted(seen[0] + seen[1]) == sorted(r.path for r in module.split.labelled)
+
+
+def test_too_few_unlabelled_videos_for_a_batch_is_a_clear_error(corpus: Path, tmp_path: Path) -> None:
+    """One unlabelled video cannot fill a batch of 2: the authors' cyclic iterator over a drop_last loader
+    would wait forever; here the message says what to change."""
+    module = _module(corpus, tmp_path, n_labelled=4, n_unlabelled=1, n_validation=0)
+    module.prepare_data()
+    module.setup("fit")
+    with pytest.raises(SplitError, match="1 unlabelled videos over 1 process"):
+        module.train_dataloader()
 
 
 def test_sources_can_pick_a_split_of_a_plain_csv(corpus: Path, tmp_path: Path) -> None:

@@ -53,11 +53,11 @@ def test_presets_compose() -> None:
     assert paper.data.clip_len == 32 and paper.data.patch == 32 and paper.data.versions == 10
     assert paper.model.backbone.embed_dim == 96 and list(paper.model.backbone.depths) == [2, 2, 6, 2]
     assert paper.optim.lr == 1e-4 and paper.optim.weight_decay == 0.05 and paper.optim.min_lr == 1e-5
-    assert paper.trainer.max_epochs == 30 and paper.trainer.accelerator == "gpu"
+    assert paper.epochs == 30 and paper.trainer.accelerator == "gpu"
 
 
 def test_tiny_run_writes_backbones_both_ways(tree: Path, tmp_path: Path, capsys) -> None:
-    cfg = _config([*TINY, f"data.root={tree}", "trainer.max_epochs=2"])
+    cfg = _config([*TINY, f"data.root={tree}", "epochs=2"])
     result = run(cfg, tmp_path)
     assert result["global_step"] == 4  # 3 scenes in batches of 2, 2 epochs
     printed = capsys.readouterr().out
@@ -90,7 +90,7 @@ def _command(tree: Path, run_dir: Path) -> list[str]:
         "qasa_vqa.pretrain",
         *TINY,
         f"data.root={tree}",
-        "trainer.max_epochs=6",
+        "epochs=6",
         "retrieval=false",
         f"hydra.run.dir={run_dir}",
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from qasa_vqa.data.datamodules import CyclingSampler
@@ -43,3 +44,20 @@ def test_more_draws_than_items_wraps_into_the_next_pass() -> None:
     assert len(first) == 7 and sorted(first[:3]) == [0, 1, 2] and sorted(first[3:6]) == [0, 1, 2]
     with pytest.raises(ValueError, match="at least one item"):
         CyclingSampler(0, 3)
+
+
+def test_no_batch_spans_two_passes() -> None:
+    """10 items in batches of 4: each pass gives 2 whole batches (its last 2 items are dropped), as the
+    authors' cyclic iterator over a drop_last loader does."""
+    sampler = CyclingSampler(10, 8, seed=3, batch_size=4)
+    stream = [index for epoch in range(3) for index in _epoch(sampler, epoch)]
+    batches = [stream[i : i + 4] for i in range(0, len(stream), 4)]
+    assert all(len(set(batch)) == 4 for batch in batches)  # never a video twice in a batch
+    for p in range(3):  # pass p = the first 8 items of its permutation, as two batches
+        order = np.random.default_rng([3, p]).permutation(10)[:8].tolist()
+        assert batches[2 * p] + batches[2 * p + 1] == order
+    ranks = [CyclingSampler(10, 4, num_replicas=2, rank=r, seed=3, batch_size=2) for r in range(2)]
+    parts = [_epoch(sampler, 0) for sampler in ranks]
+    assert not set(parts[0]) & set(parts[1]) and all(len(part) == 4 for part in parts)
+    with pytest.raises(ValueError, match="cannot fill one batch"):
+        CyclingSampler(3, 4, batch_size=4)

@@ -9,12 +9,12 @@ import pytest
 import torch
 from scipy import stats
 
+from qasa_vqa.lit.metrics import QualityMetrics
 from qasa_vqa.metrics import (
     INTERVAL_KEYS,
     ConstantInputWarning,
     LogisticFitWarning,
     MetricInputError,
-    QualityMetrics,
     apply_fit,
     fit_logistic,
     logistic4,

@@ -132,3 +132,16 @@ def test_bad_configurations_are_rejected() -> None:
         VideoSwinBackbone(depths=(2, 2), num_heads=(3, 6, 12))
     with pytest.raises(ValueError, match="one flag per stage"):
         VideoSwinBackbone(grpb=(True, False))
+
+
+def test_fragment_grid_follows_a_clipped_window() -> None:
+    """A 4 x 4 stage map is smaller than the 7 x 7 window, so the window is clipped to 4 x 4 and the
+    fragment grid with it: every token is its own fragment (coordinates 0..3), not a 7-grid squeezed
+    onto 4 tokens (0, 1, 3, 5)."""
+    attention = GatedWindowAttention3d(8, [2, 7, 7], [0, 0, 0], 1)
+    attention.fragment_position_bias_table.data.normal_()
+    x = torch.randn(1, 2, 4, 4, 8)
+    attention(x)
+    (gate,) = attention._gates.values()
+    assert torch.equal(gate.long(), fragment_gate((2, 4, 4), (2, 4, 4), (0, 0, 0), (1, 4, 4)))
+    assert gate.max().item() == 6  # |dh| + |dw| <= 3 + 3 on the token grid itself

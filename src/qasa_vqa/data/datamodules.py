@@ -17,6 +17,7 @@ work unchanged under DDP, and Lightning calls their ``set_epoch`` every epoch.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import CombinedLoader
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from qasa_vqa.data.datasets import (
     EvaluationDataset,
@@ -48,7 +49,14 @@ from qasa_vqa.data.splits import (
     read_split_file,
 )
 
-__all__ = ["CyclingSampler", "ManifestSource", "PretrainDataModule", "SemiSupervisedDataModule"]
+__all__ = [
+    "CyclingSampler",
+    "ManifestSource",
+    "PretrainDataModule",
+    "ResumableLoader",
+    "ResumableSampler",
+    "SemiSupervisedDataModule",
+]
 
 Strategy = Literal["random", "mos-stratified", "linspace", "official"]
 
@@ -77,23 +85,41 @@ class ManifestSource:
 class CyclingSampler(DistributedSampler):
     """``per_epoch`` indices per epoch (per replica) from an endless stream of seeded permutations.
 
-    Pass ``p`` of the stream is ``default_rng([seed, p]).permutation(n)``; epoch ``e`` takes the next
-    ``per_epoch * num_replicas`` indices after epoch ``e - 1``'s, so every video is drawn once per pass
-    and the stream does not restart with the epoch. Stateless given the epoch, hence resumable.
+    Pass ``p`` of the stream is ``default_rng([seed, p]).permutation(n)`` cut to whole batches: its first
+    ``(n // (batch_size * num_replicas)) * batch_size * num_replicas`` items, so, as with the authors'
+    cyclic iterator over a ``drop_last`` loader (METHOD.md 4.8), no batch mixes the end of one pass with
+    the start of the next (and none holds a video twice). Epoch ``e`` takes the next
+    ``per_epoch * num_replicas`` items after epoch ``e - 1``'s, so the stream does not restart with the
+    epoch. Stateless given the epoch, hence resumable. ``batch_size=1`` uses every item of every pass.
     """
 
-    def __init__(self, size: int, per_epoch: int, *, num_replicas: int = 1, rank: int = 0, seed: int = 0):
+    def __init__(
+        self,
+        size: int,
+        per_epoch: int,
+        *,
+        num_replicas: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+        batch_size: int = 1,
+    ):
         if size < 1:
             raise ValueError("CyclingSampler needs at least one item")
+        if batch_size < 1 or size < batch_size * num_replicas:
+            raise ValueError(
+                f"{size} items cannot fill one batch of {batch_size} on each of {num_replicas} process(es)"
+            )
         super().__init__(range(size), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
-        self.size, self.per_epoch = size, per_epoch
+        self.size, self.per_epoch, self.batch_size = size, per_epoch, batch_size
+        step = batch_size * num_replicas
+        self.usable = (size // step) * step  # items used from each pass
 
     def __iter__(self) -> Iterator[int]:
         total = self.per_epoch * self.num_replicas
         position, picked = self.epoch * total, []
         while len(picked) < total:
-            epoch_pass, offset = divmod(position, self.size)
-            order = np.random.default_rng([self.seed, epoch_pass]).permutation(self.size)
+            epoch_pass, offset = divmod(position, self.usable)
+            order = np.random.default_rng([self.seed, epoch_pass]).permutation(self.size)[: self.usable]
             chunk = order[offset : offset + total - len(picked)].tolist()
             picked.extend(chunk)
             position += len(chunk)
@@ -101,6 +127,49 @@ class CyclingSampler(DistributedSampler):
 
     def __len__(self) -> int:
         return self.per_epoch
+
+
+class ResumableSampler(Sampler[int]):
+    """A sampler that can start its next pass ``skip`` items in (then forgets it): how a loader resumed in
+    the middle of an epoch continues the epoch's draws instead of replaying them. ``set_epoch`` and
+    ``len`` are those of the wrapped sampler."""
+
+    def __init__(self, inner: Sampler[int]) -> None:
+        self.inner, self.skip = inner, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.inner, "set_epoch"):
+            self.inner.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        skip, self.skip = self.skip, 0
+        return itertools.islice(iter(self.inner), skip, None)
+
+    def __len__(self) -> int:
+        return len(self.inner)  # type: ignore[arg-type]
+
+
+class ResumableLoader(DataLoader):
+    """A ``DataLoader`` over a :class:`ResumableSampler` with Lightning's ``state_dict`` /
+    ``load_state_dict`` interface: the state is the number of batches served in the current pass, and a
+    loaded state makes the next pass skip them (their videos are never decoded)."""
+
+    def __init__(self, dataset: Dataset, *, sampler: Sampler[int], **options: Any) -> None:
+        super().__init__(dataset, sampler=ResumableSampler(sampler), **options)
+        self.served = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        start = self.sampler.skip // max(1, self.batch_size or 1)
+        self.served = start
+        for batch in super().__iter__():
+            self.served += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"served": self.served}
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        self.sampler.skip = int(state.get("served", 0)) * (self.batch_size or 1)
 
 
 class _DataModule(LightningDataModule):
@@ -121,7 +190,8 @@ class _DataModule(LightningDataModule):
 
     def _loader(self, dataset: Dataset, *, batch_size: int, **options: Any) -> DataLoader:
         workers = self.num_workers
-        return DataLoader(
+        kind = ResumableLoader if "sampler" in options else DataLoader
+        return kind(
             dataset,
             batch_size=batch_size,
             num_workers=workers,
@@ -147,9 +217,9 @@ class SemiSupervisedDataModule(_DataModule):
         train: ManifestSource | Mapping[str, Any],
         *,
         strategy: Strategy = "random",
-        n_labelled: int = 500,
+        n_labelled: int | None = None,
         n_unlabelled: int | None = None,
-        n_validation: int = 0,
+        n_validation: int | None = None,
         split_seed: int = 0,
         split_file: str | Path | None = None,
         split_dir: str | Path = "splits",
@@ -170,6 +240,17 @@ class SemiSupervisedDataModule(_DataModule):
             )
         self.train_source = _source(train)
         self.strategy = strategy
+        given = {k: v for k, v in (("n_labelled", n_labelled), ("n_unlabelled", n_unlabelled),
+                                   ("n_validation", n_validation)) if v is not None}  # fmt: skip
+        if strategy == "official" and given:
+            raise SplitError(
+                "the official split is the paper's fixed 500 labelled / 1,499 unlabelled videos; it takes no "
+                f"budget, but {', '.join(f'{k}={v}' for k, v in given.items())} was set: remove it, or use a "
+                "budget split (strategy random, mos-stratified or linspace)"
+            )
+        if strategy != "official" and n_labelled is None:
+            raise SplitError(f"a {strategy} split needs n_labelled, the number of labelled videos")
+        n_validation = n_validation or 0
         self.budget = {"n_labelled": n_labelled, "n_unlabelled": n_unlabelled, "n_validation": n_validation}
         self.split_seed = split_seed
         self.split_file = Path(split_file) if split_file is not None else Path(split_dir) / self._split_name()
@@ -254,8 +335,18 @@ class SemiSupervisedDataModule(_DataModule):
         }
         if "unlabelled" in self.datasets:
             unlabelled = self.datasets["unlabelled"]
+            if len(unlabelled) < self.batch_size * replicas:
+                raise SplitError(
+                    f"{len(unlabelled)} unlabelled videos over {replicas} process(es) do not fill one batch of "
+                    f"{self.batch_size}; lower the batch size, add unlabelled videos, or train supervised-only"
+                )
             cycling = CyclingSampler(
-                len(unlabelled), batches * self.batch_size, num_replicas=replicas, rank=rank, seed=self.seed
+                len(unlabelled),
+                batches * self.batch_size,
+                num_replicas=replicas,
+                rank=rank,
+                seed=self.seed,
+                batch_size=self.batch_size,
             )
             loaders["unlabelled"] = self._loader(
                 unlabelled, batch_size=self.batch_size, sampler=cycling, drop_last=True

@@ -202,6 +202,15 @@ def _backbone_from(payload: Mapping[str, Any], kind: str, path: Path) -> tuple[d
     raise CheckpointError(f"{path}: a {kind!r} checkpoint holds no ST-VQRL backbone")
 
 
+def read_backbone_weights(path: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """``(architecture, weights)`` of the ST-VQRL backbone in any supported checkpoint; the architecture
+    is ``{}`` (Video Swin-T) for the official files, which do not record one."""
+    path = Path(path)
+    payload = read_checkpoint(path)
+    architecture, weights = _backbone_from(payload, _kind(payload, path), path)
+    return dict(architecture), dict(weights)
+
+
 def load_stvqrl_backbone(
     path: str | Path, *, strict: bool = True, architecture: Mapping[str, Any] | None = None
 ) -> VideoSwinBackbone:
@@ -311,9 +320,10 @@ def save_stvqrl_backbone(backbone: VideoSwinBackbone, path: str | Path, *, offic
     )
 
 
-def save_qasa(model: QASAModel, path: str | Path, *, official: bool = False) -> Path:
+def save_qasa(model: QASAModel, path: str | Path, *, official: bool = False, epoch: int = 0) -> Path:
     """Write ``model`` in our format (weights, architecture, prompts, tau, normalisation, prompt
-    features; no text tower), or with ``official=True`` in the authors' ``{'primary', 'auxillary'}``."""
+    features; no text tower), or with ``official=True`` in the authors' ``{'primary', 'auxillary',
+    'epoch'}`` with the training ``epoch`` it was saved at."""
     if official:
         primary = {
             (f"backbone.{k}" if not k.startswith("vqa_head.") else k): v.detach().cpu()
@@ -323,7 +333,7 @@ def save_qasa(model: QASAModel, path: str | Path, *, official: bool = False) -> 
             {f"vqa_head.{k}": v.detach().cpu() for k, v in model.stvqrl.vqa_head.state_dict().items()}
         )
         auxillary = {k: v.detach().cpu() for k, v in visual_state_dict_official(model.clip).items()}
-        return _write({"primary": primary, "auxillary": auxillary, "epoch": 0}, path)
+        return _write({"primary": primary, "auxillary": auxillary, "epoch": int(epoch)}, path)
     clip = model.clip
     return _write(
         {

@@ -91,7 +91,10 @@ class GatedWindowAttention3d(ShiftedWindowAttention3d):
     def _gate(self, padded: tuple[int, int, int], window: list[int], shift: list[int], device) -> Tensor:
         key = (padded, tuple(window), tuple(shift), device)
         if key not in self._gates:
-            gate = fragment_gate(padded, window, shift, self.fragments)  # values 0..12: kept as uint8
+            # the fragment grid follows the window: on a map smaller than the window (whose window is
+            # clipped to the map) the grid is clipped with it (METHOD.md 1.3: fragments = (1,) + window[1:])
+            fragments = tuple(min(f, w) for f, w in zip(self.fragments, window, strict=True))
+            gate = fragment_gate(padded, window, shift, fragments)  # values 0..12: kept as uint8
             self._gates[key] = gate.to(device=device, dtype=torch.uint8)
         return self._gates[key].to(self.relative_position_bias_table.dtype)
 

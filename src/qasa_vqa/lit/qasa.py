@@ -1,0 +1,282 @@
+"""QASASemiSupervisedModule: QASA-VQA's CLIP-guided semi-supervised training (METHOD.md section 4).
+
+A thin system around :class:`~qasa_vqa.models.qasa.QASAModel` and the pure losses of
+:mod:`qasa_vqa.losses`. One training step takes a labelled batch (``frag_v``, ``frag_a``, ``resize_v``,
+``resize_a``, ``mos``) and, unless training is supervised-only, an unlabelled batch of the same views:
+
+* the primary Q_L (ST-VQRL backbone + VQA head) scores its two fragment views, ``a_L = q_L(T')``,
+  ``b_L = q_L(T'')``; the auxiliary Q_H (CLIP visual tower + frozen prompt features) its two resized
+  views, ``a_H = q_H(S)``, ``b_H = q_H(S^F)``;
+* labelled: ``l(a, y) + w_cons l(a, b)`` for each model; unlabelled: each model's consistency term and
+  the transfer term, routed by the mask ``m = [eps_L > eps_H]`` (:func:`qasa_vqa.losses.unlabelled_losses`);
+* manual optimisation with the reference's two AdamW optimisers (primary: head lr 1e-3, backbone lr
+  1e-4, weight decay 0.05; CLIP: visual tower lr 5e-6, weight decay 1e-3), both on the warm-up + cosine
+  factor of :mod:`qasa_vqa.lit.schedule` stepped every iteration. The two totals have disjoint graphs
+  (the transfer targets are detached), so one backward pass of their sum gives each optimiser exactly
+  the gradients of its own total. Optional gradient clipping (per optimiser, by norm). Lightning's
+  ``global_step`` counts iterations (under manual optimisation it would count every optimiser's step;
+  only the last one's is counted), so checkpoints every N steps and resuming mean training iterations.
+
+Ablations are options, not code paths of their own: ``w_stab=0`` (no transfer), ``w_cons=0`` (no
+consistency), ``mask_mode`` ``"always"`` / ``"never"`` (fixed transfer direction), ``branches`` with
+one branch (the other is neither trained nor used as a teacher), and a datamodule without unlabelled
+data (supervised-only).
+
+Validation and test score every configured set with deterministic test views and log SRCC, PLCC,
+KRCC, ... per set and branch: ``val/<set>/stvqrl/srcc``, ``val/<set>/clip/srcc``, ``val/<set>/qasa/srcc``
+(the combined score of the reference's inference), ``test/<set>/...`` likewise.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import Tensor, nn
+
+from qasa_vqa.lit.metrics import QualityMetrics
+from qasa_vqa.lit.schedule import WarmupCosine
+from qasa_vqa.losses import labelled_losses, plcc_loss, unlabelled_losses
+from qasa_vqa.metrics import MetricInputError
+from qasa_vqa.models.qasa import QASAModel
+
+__all__ = ["BRANCHES", "QASASemiSupervisedModule"]
+
+BRANCHES = ("stvqrl", "clip")
+SCORES = ("stvqrl", "clip", "qasa")  # what validation reports: each branch and the combined score
+MaskMode = Literal["batch", "sample", "always", "never"]
+OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
+# The reference's optimisers and schedule (METHOD.md 4.7); the head and backbone learning rates are separate
+PRIMARY_OPTIMIZER: OptimizerFactory = partial(torch.optim.AdamW, weight_decay=0.05)
+CLIP_OPTIMIZER: OptimizerFactory = partial(torch.optim.AdamW, lr=5e-6, weight_decay=1e-3)
+SCHEDULE: Callable[..., WarmupCosine] = partial(WarmupCosine, warmup_epochs=2.5)
+_LOGGED = ("srcc", "plcc", "krcc", "plcc_logistic", "rmse_logistic")
+
+
+class QASASemiSupervisedModule(LightningModule):
+    """The two models, their losses, optimisers and validation (module docstring)."""
+
+    def __init__(
+        self,
+        model: QASAModel,
+        *,
+        primary_optimizer: OptimizerFactory = PRIMARY_OPTIMIZER,
+        head_lr: float = 1e-3,
+        backbone_lr: float = 1e-4,
+        clip_optimizer: OptimizerFactory = CLIP_OPTIMIZER,
+        schedule: Callable[..., WarmupCosine] = SCHEDULE,
+        epochs: int = 40,
+        w_cons: float = 1.0,
+        w_stab: float = 1.0,
+        mask_mode: MaskMode = "batch",
+        branches: Sequence[str] = BRANCHES,
+        gradient_clip_val: float | None = None,
+        gradient_checkpointing: bool = False,
+        val_bootstrap: int = 0,
+    ) -> None:
+        super().__init__()
+        branches = tuple(branches)
+        if not branches or any(b not in BRANCHES for b in branches) or len(set(branches)) != len(branches):
+            raise ValueError(f"branches must be a non-empty subset of {BRANCHES}, got {branches}")
+        if mask_mode not in ("batch", "sample", "always", "never"):
+            raise ValueError(f"mask_mode must be batch, sample, always or never, got {mask_mode!r}")
+        self.save_hyperparameters(ignore=["model", "primary_optimizer", "clip_optimizer", "schedule"])
+        self.model = model
+        self.primary_optimizer, self.clip_optimizer, self.schedule = (
+            primary_optimizer,
+            clip_optimizer,
+            schedule,
+        )
+        self.automatic_optimization = False
+        self.branches = branches
+        if gradient_checkpointing:
+            model.stvqrl.backbone.gradient_checkpointing = True
+            model.clip.set_grad_checkpointing(True)
+        self.val_names: list[str] = []
+        self.test_names: list[str] = []
+        self.eval_metrics = nn.ModuleDict()
+
+    # ------------------------------------------------------------------ training
+
+    def lr_schedule(self) -> WarmupCosine:
+        """The schedule of this run, with ``I`` = training batches per epoch of the trainer's data."""
+        trainer = self.trainer
+        trainer.estimated_stepping_batches  # noqa: B018 -- sets the training data up, so the count is known
+        per_epoch = trainer.num_training_batches
+        iterations = int(per_epoch) if math.isfinite(per_epoch) and per_epoch > 0 else 1
+        return self.schedule(iterations_per_epoch=iterations, epochs=self.hparams.epochs)
+
+    def configure_optimizers(self) -> tuple[list[torch.optim.Optimizer], list[dict[str, Any]]]:
+        """The primary's optimiser (head and backbone groups) and CLIP's, each on the schedule's LambdaLR;
+        only those of the trained branches."""
+        options = self.hparams
+        optimizers = []
+        if "stvqrl" in self.branches:
+            primary = self.model.stvqrl
+            groups = [
+                {"params": list(primary.vqa_head.parameters()), "lr": options.head_lr},
+                {"params": list(primary.backbone.parameters()), "lr": options.backbone_lr},
+            ]
+            optimizers.append(self.primary_optimizer(groups))
+        if "clip" in self.branches:
+            optimizers.append(self.clip_optimizer(self.model.clip.visual.parameters()))
+        factor = self.lr_schedule().factor
+        schedulers = [
+            {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "interval": "step"}
+            for optimizer in optimizers
+        ]
+        return optimizers, schedulers
+
+    def _views(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Each trained branch's scores of its two views: ``a_l, b_l`` and / or ``a_h, b_h``."""
+        out = {}
+        if "stvqrl" in self.branches:
+            out["a_l"] = self.model.stvqrl.score(batch["frag_v"])
+            out["b_l"] = self.model.stvqrl.score(batch["frag_a"])
+        if "clip" in self.branches:
+            out["a_h"] = self.model.clip.video_quality(batch["resize_v"])
+            out["b_h"] = self.model.clip.video_quality(batch["resize_a"])
+        return out
+
+    def compute_losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """The losses of one step (no optimisation): ``primary`` and ``auxiliary`` totals with gradient,
+        and the detached parts that are logged (``gt``, ``cons``, ``stab``, ``mask_rate``, ...)."""
+        options = self.hparams
+        labelled, unlabelled = batch["labelled"], batch.get("unlabelled")
+        scores = self._views(labelled)
+        y = labelled["mos"]
+        zero = y.new_zeros(())
+        totals = {"primary": zero, "auxiliary": zero}
+        parts: dict[str, Tensor] = {"gt": zero, "cons": zero}
+        for branch, (a, b), total in (
+            ("stvqrl", ("a_l", "b_l"), "primary"),
+            ("clip", ("a_h", "b_h"), "auxiliary"),
+        ):
+            if branch in self.branches:
+                terms = labelled_losses(scores[a], scores[b], y, options.w_cons)
+                totals[total] = totals[total] + terms["total"]
+                parts["gt"] = parts["gt"] + terms["gt"].detach()
+                parts["cons"] = parts["cons"] + terms["cons"].detach()
+                parts[f"gt_{branch}"] = terms["gt"].detach()
+        if unlabelled is not None:
+            u = self._views(unlabelled)
+            if len(self.branches) == 2:
+                mode = options.mask_mode
+                terms = unlabelled_losses(
+                    u["a_l"], u["b_l"], u["a_h"], u["b_h"], w_cons=options.w_cons, w_stab=options.w_stab,
+                    mode=mode,
+                )  # fmt: skip
+                totals["primary"] = totals["primary"] + terms["primary"]
+                totals["auxiliary"] = totals["auxiliary"] + terms["auxiliary"]
+                parts["cons"] = parts["cons"] + terms["cons_l"].detach() + terms["cons_h"].detach()
+                parts |= {key: terms[key].detach() for key in ("eps_l", "eps_h", "mask_rate")}
+                parts["stab"] = terms["transfer"]
+            else:  # one branch: its own consistency on unlabelled videos, no teacher
+                a, b = ("a_l", "b_l") if "stvqrl" in self.branches else ("a_h", "b_h")
+                total = "primary" if "stvqrl" in self.branches else "auxiliary"
+                cons = plcc_loss(u[a], u[b])
+                totals[total] = totals[total] + options.w_cons * cons
+                parts["cons"] = parts["cons"] + cons.detach()
+        return totals | parts
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        losses = self.compute_losses(batch)
+        optimizers = self.optimizers()
+        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        schedulers = self.lr_schedulers()
+        schedulers = schedulers if isinstance(schedulers, list) else [schedulers]
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        total = losses["primary"] + losses["auxiliary"]
+        self.manual_backward(total)
+        for position, optimizer in enumerate(optimizers):
+            if self.hparams.gradient_clip_val:
+                self.clip_gradients(
+                    optimizer,
+                    gradient_clip_val=self.hparams.gradient_clip_val,
+                    gradient_clip_algorithm="norm",
+                )
+            if position < len(optimizers) - 1:
+                self._uncounted_step(optimizer)
+            else:
+                optimizer.step()  # Lightning counts this one: global_step = training iterations
+        for scheduler in schedulers:
+            scheduler.step()
+        size = batch["labelled"]["mos"].shape[0]
+        logged = {f"train/{k}": v.detach() for k, v in losses.items() if k not in ("primary", "auxiliary")}
+        logged |= {
+            "train/loss_primary": losses["primary"].detach(),
+            "train/loss_auxiliary": losses["auxiliary"].detach(),
+        }
+        logged["train/lr_factor"] = torch.tensor(schedulers[0].get_last_lr()[0] / schedulers[0].base_lrs[0])
+        self.log_dict(logged, batch_size=size, on_step=True, on_epoch=True)
+        return total.detach()
+
+    def _uncounted_step(self, optimizer: Any) -> None:
+        """Step an optimiser without advancing Lightning's step counter (which counts every optimiser
+        step under manual optimisation): through the precision plugin's grad scaler when there is one, so
+        fp16 still unscales and skips non-finite steps; the scaler's update follows the counted step."""
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        raw = getattr(optimizer, "optimizer", optimizer)
+        if scaler is not None:
+            scaler.step(raw)
+        else:
+            raw.step()
+
+    # ------------------------------------------------------------------ validation and test
+
+    def setup(self, stage: str) -> None:
+        """One :class:`QualityMetrics` per evaluation set and score, named after the datamodule's sets."""
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        for kind in ("val", "test"):
+            names = list(getattr(datamodule, f"{kind}_names", []) or [])
+            for name in names:
+                for score in SCORES:
+                    key = f"{kind}__{name}__{score}"
+                    if key not in self.eval_metrics:
+                        self.eval_metrics[key] = QualityMetrics(bootstrap=self.hparams.val_bootstrap)
+            setattr(self, f"{kind}_names", names)
+
+    def _evaluate(self, kind: str, batch: dict[str, Any] | None, dataloader_idx: int) -> None:
+        if batch is None:  # every video of the batch failed to decode (logged by the dataset)
+            return
+        scores = self.model.scores(batch["frag"], batch["resize"])
+        name = getattr(self, f"{kind}_names")[dataloader_idx]
+        for score in SCORES:
+            self.eval_metrics[f"{kind}__{name}__{score}"].update(scores[score].float(), batch["mos"])
+
+    def _log_evaluation(self, kind: str) -> None:
+        logged = {}
+        for key, metric in self.eval_metrics.items():
+            stage, name, score = key.split("__")
+            if stage != kind or not metric.update_called:
+                continue
+            try:
+                values = metric.compute()
+            except MetricInputError:  # fewer than 3 videos (a debug run): nothing to report
+                metric.reset()
+                continue
+            logged |= {f"{kind}/{name}/{score}/{m}": values[m].float() for m in _LOGGED if m in values}
+            metric.reset()
+        if logged:
+            self.log_dict(logged, sync_dist=False)
+
+    def validation_step(self, batch: dict[str, Any] | None, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._evaluate("val", batch, dataloader_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_evaluation("val")
+
+    def test_step(self, batch: dict[str, Any] | None, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._evaluate("test", batch, dataloader_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_evaluation("test")
+
+    def on_train_start(self) -> None:
+        if self.global_step:
+            print(f"resumed at global step {self.global_step} (epoch {self.current_epoch})", flush=True)
