@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from qasa_vqa.lit.schedule import WarmupCosine, lambda_lr, trained_epochs
+from qasa_vqa.lit.schedule import WarmupCosine, trained_epochs
 
 
 def test_reference_numbers() -> None:
@@ -41,11 +41,11 @@ def test_monotone_after_warmup_and_bad_settings() -> None:
         WarmupCosine(1, 1, decay_over="end")  # type: ignore[arg-type]
 
 
-def test_lambda_lr_steps_with_the_optimiser() -> None:
+def test_factor_steps_the_optimiser_through_lambda_lr() -> None:
     weight = torch.nn.Parameter(torch.zeros(1))
     optimiser = torch.optim.SGD([weight], lr=2.0)
     schedule = WarmupCosine(4, 3, warmup_epochs=1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda_lr(schedule))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, schedule.factor)
     seen = []
     for _ in range(schedule.total_steps):
         seen.append(optimiser.param_groups[0]["lr"])

@@ -27,11 +27,7 @@ from qasa_vqa.errors import QasaVqaError
 from qasa_vqa.metrics import quality_metrics
 from qasa_vqa.models.clip_quality import CLIPQuality
 
-__all__ = ["ZeroShotScores", "score_corpus", "summarise"]
-
-
-class ZeroShotScores(dict):
-    """``{"path": [...], "split": [...], "mos": array, <model name>: array of CLIP qualities}``."""
+__all__ = ["score_corpus", "summarise"]
 
 
 def score_corpus(
@@ -40,9 +36,10 @@ def score_corpus(
     *,
     workers: int = 1,
     progress: bool = True,
-) -> ZeroShotScores:
+) -> dict[str, Any]:
     """CLIP quality of every video of ``corpus`` (a folder with ``manifest.csv``, or a label file) for
-    each of ``models`` (module docstring), in one pass over the decoded videos."""
+    each of ``models`` (module docstring), in one pass over the decoded videos: ``{"path": [...],
+    "split": [...], "mos": array, <model name>: array of CLIP qualities}``."""
     corpus = Path(corpus)
     label_file = corpus / "manifest.csv" if corpus.is_dir() else corpus
     if not label_file.is_file():
@@ -54,7 +51,7 @@ def score_corpus(
         manifest.records, label_file.parent, mos_scale=manifest.scale, on_error="raise"
     )
     loader = DataLoader(dataset, batch_size=1, num_workers=workers, collate_fn=collate_skipping_none)
-    out = ZeroShotScores(path=[], split=[], mos=[], **{name: [] for name in models})
+    out: dict[str, Any] = {"path": [], "split": [], "mos": [], **{name: [] for name in models}}
     splits = {r.path: str(r.extra.get("split", "")) for r in manifest.records}
     for model in models.values():
         model.eval()
@@ -74,7 +71,7 @@ def score_corpus(
 
 
 def summarise(
-    scores: ZeroShotScores, model: str, *, bootstrap: int = 1000, seed: int = 0
+    scores: Mapping[str, Any], model: str, *, bootstrap: int = 1000, seed: int = 0
 ) -> dict[str, dict[str, Any]]:
     """SRCC, PLCC (raw) and their bootstrap 95% intervals of ``model`` for all videos and each split."""
     splits = sorted({s for s in scores["split"] if s})

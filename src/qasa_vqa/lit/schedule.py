@@ -15,17 +15,16 @@ and runs ``epochs + 1`` epochs. Its quirks are kept by default and each can be s
   decays to 0 at step ``M``.
 * ``extra_epoch``: one epoch more than configured is trained (:func:`trained_epochs`).
 
-Pure functions; :func:`lambda_lr` wraps them for ``torch.optim.lr_scheduler.LambdaLR``.
+Pure functions; ``WarmupCosine(...).factor`` is the function ``torch.optim.lr_scheduler.LambdaLR`` takes.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["WarmupCosine", "lambda_lr", "trained_epochs"]
+__all__ = ["WarmupCosine", "trained_epochs"]
 
 
 @dataclass(frozen=True)
@@ -79,8 +78,3 @@ class WarmupCosine:
 def trained_epochs(epochs: int, extra_epoch: bool = True) -> int:
     """Epochs the reference's loop runs for ``epochs`` configured: ``range(epochs + 1)``."""
     return epochs + 1 if extra_epoch else epochs
-
-
-def lambda_lr(schedule: WarmupCosine) -> Callable[[int], float]:
-    """``schedule.factor`` as a ``LambdaLR`` function (LambdaLR calls it with the step count)."""
-    return schedule.factor

@@ -221,8 +221,7 @@ def load_stvqrl_backbone(
     assumed unless ``architecture`` (:class:`VideoSwinBackbone` arguments) says otherwise.
     """
     path = Path(path)
-    payload = read_checkpoint(path)
-    stored, weights = _backbone_from(payload, _kind(payload, path), path)
+    stored, weights = read_backbone_weights(path)
     backbone = VideoSwinBackbone(**(architecture if architecture is not None else stored))
     try:
         load_backbone_weights(backbone, weights, strict=strict)
