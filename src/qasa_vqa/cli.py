@@ -5,7 +5,8 @@ video as a PNG), ``demo`` (make a sample clip and draw its views), ``synth`` (th
 tree of a folder of pristine videos), ``demo-data`` (the generated demo corpus), ``demo-clip`` (train
 and measure the offline demo CLIP), ``manifest`` (read and
 summarise a label file), ``split`` (write a split file of labelled / unlabelled videos) and
-``convert`` (official ST-VQRL / QASA checkpoints to our format and back). Errors the
+``convert`` (official ST-VQRL / QASA checkpoints to our format and back), ``score`` (score videos into
+a CSV / JSONL file, :mod:`qasa_vqa.score_command`) and ``report`` (summarise a label-budget sweep). Errors the
 library raises on purpose are printed as one line and exit with status 2; nothing here prints a
 traceback for bad input.
 """
@@ -169,6 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument(
         "--strategy", default="random", help="random, mos-stratified or linspace (default: random)"
     )
+
+    score = commands.add_parser(
+        "score",
+        help="score videos (files, folders, globs, label files) into a CSV / JSONL file, one row each",
+    )
+    from qasa_vqa import score_command
+
+    score_command.add_arguments(score)
 
     report = commands.add_parser(
         "report", help="summarise a label-budget sweep: mean +- std per budget and method, and the curve"
@@ -437,7 +446,14 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _score(args: argparse.Namespace) -> int:
+    from qasa_vqa import score_command
+
+    return score_command.run(args)
+
+
 _COMMANDS = {
+    "score": _score,
     "probe": _probe,
     "views": _views,
     "demo": _demo,

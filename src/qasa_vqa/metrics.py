@@ -64,6 +64,7 @@ from qasa_vqa.errors import QasaVqaError
 
 __all__ = [
     "CORRELATION_KEYS",
+    "FIT_PARAMETERS",
     "INTERVAL_KEYS",
     "ConstantInputWarning",
     "FitKind",
@@ -79,7 +80,9 @@ __all__ = [
 
 FitKind = Literal["logistic4", "logistic5", "linear", "none"]
 _FIT_KINDS: tuple[str, ...] = ("logistic4", "logistic5", "linear", "none")
-_N_PARAMS = {"logistic4": 4, "logistic5": 5, "linear": 2, "none": 0}
+FIT_PARAMETERS = {"logistic4": 4, "logistic5": 5, "linear": 2, "none": 0}
+"""How many parameters each mapping has (``fit_logistic`` returns that many)."""
+_N_PARAMS = FIT_PARAMETERS
 
 CORRELATION_KEYS: tuple[str, ...] = ("srcc", "krcc", "plcc", "plcc_logistic")
 """The keys of :func:`quality_metrics` that are correlations (NaN for constant inputs)."""

@@ -17,6 +17,7 @@ row of results to that CSV. :func:`main` returns the ``monitor`` metric, for swe
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import shutil
 from pathlib import Path
@@ -47,6 +48,11 @@ __all__ = ["build_module", "check_needs", "main", "run"]
 def check_needs(cfg: DictConfig) -> None:
     """Every path the experiment ``needs`` exists; otherwise one error listing each missing one with
     how to get it."""
+    if "_target_" not in (cfg.get("data") or {}):
+        raise QasaVqaError(
+            "data= chooses the training data (demo, lsvq); test sets such as konvid are for python -m "
+            "qasa_vqa.evaluate, or add them to training with data/test@data.test_sets.NAME=NAME"
+        )
     missing = []
     for key, hint in (cfg.get("needs") or {}).items():
         value = OmegaConf.select(cfg, key)
@@ -117,7 +123,8 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
             result["metrics"] |= _metrics(values)
     if trainer.is_global_zero and not trainer.fast_dev_run:
         epoch = max(0, trainer.current_epoch - 1)
-        result["model"] = save_qasa(module.model, output_dir / "qasa_model.pt")
+        views = dataclasses.asdict(datamodule.views)  # how the model saw its videos, for scorers
+        result["model"] = save_qasa(module.model, output_dir / "qasa_model.pt", views=views)
         result["official"] = save_qasa(
             module.model, output_dir / "qasa_model_official.pth", official=True, epoch=epoch
         )

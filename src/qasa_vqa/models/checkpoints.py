@@ -56,6 +56,7 @@ __all__ = [
     "official_to_ours",
     "ours_to_official",
     "read_checkpoint",
+    "read_views",
     "save_qasa",
     "save_stvqrl_backbone",
 ]
@@ -253,6 +254,19 @@ def load_qasa(path: str | Path, clip_text: str | Path | None = None, *, strict: 
     return model.eval()
 
 
+def read_views(path: str | Path) -> Any:
+    """The :class:`~qasa_vqa.data.datasets.ViewSpec` stored in one of our QASA checkpoints, or ``None``
+    (the authors' files, and ours from before views were stored: use the paper's)."""
+    from qasa_vqa.data.datasets import ViewSpec
+
+    payload = read_checkpoint(path)
+    stored = payload.get("views") if payload.get("format") == FORMAT else None
+    if not stored:
+        return None
+    known = {name: value for name, value in stored.items() if name in ViewSpec.__dataclass_fields__}
+    return ViewSpec(**known)
+
+
 def _text_model(model: QASAModel) -> str:
     return model.clip.model_name or OPENAI_VIT_B32
 
@@ -319,10 +333,18 @@ def save_stvqrl_backbone(backbone: VideoSwinBackbone, path: str | Path, *, offic
     )
 
 
-def save_qasa(model: QASAModel, path: str | Path, *, official: bool = False, epoch: int = 0) -> Path:
+def save_qasa(
+    model: QASAModel,
+    path: str | Path,
+    *,
+    official: bool = False,
+    epoch: int = 0,
+    views: Mapping[str, Any] | None = None,
+) -> Path:
     """Write ``model`` in our format (weights, architecture, prompts, tau, normalisation, prompt
-    features; no text tower), or with ``official=True`` in the authors' ``{'primary', 'auxillary',
-    'epoch'}`` with the training ``epoch`` it was saved at."""
+    features, and ``views``: how the model's frames were sampled and cut, so that a scorer sees what
+    the model was trained on; no text tower), or with ``official=True`` in the authors' ``{'primary',
+    'auxillary', 'epoch'}`` with the training ``epoch`` it was saved at."""
     if official:
         primary = {
             (f"backbone.{k}" if not k.startswith("vqa_head.") else k): v.detach().cpu()
@@ -349,6 +371,7 @@ def save_qasa(model: QASAModel, path: str | Path, *, official: bool = False, epo
             "tau": clip.tau,
             "score_scale": model.score_scale,
             "normalisation": NORMALISATION,
+            "views": dict(views or {}),
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         },
         path,

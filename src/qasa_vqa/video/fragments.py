@@ -328,23 +328,44 @@ def make_test_views(
     antialias: bool = False,
     fragment_stats: Stats = "imagenet",
     resize_stats: Stats = "imagenet",
-) -> dict[str, torch.Tensor]:
+    parts: tuple[str, ...] = ("frag", "resize"),
+    return_layout: bool = False,
+) -> dict[str, torch.Tensor] | tuple[dict[str, torch.Tensor], FragmentLayout, tuple[int, int]]:
     """The inference views of METHOD.md section 5.1 from the 64 test frames ``[T, H, W, 3]``.
 
     ``frag`` uses the base FAST rule (``"full"``; one offset set per ``aligned`` frames, so 64 frames get
     two), ``[3, T, grid*patch, grid*patch]``; ``resize`` is every frame resized, ``[T, 3, size, size]``.
+    ``parts`` chooses which of the two to make (a CLIP-only scorer needs no fragments). With
+    ``return_layout`` also returns the fragment layout and the ``(height, width)`` of the (possibly
+    upsampled) video its corners refer to, so that a quality map can be laid back over the frames.
     """
+    unknown = set(parts) - {"frag", "resize"}
+    if unknown or not parts:
+        raise ValueError(f"parts must be a non-empty subset of ('frag', 'resize'), got {parts!r}")
+    if return_layout and "frag" not in parts:
+        raise ValueError("return_layout needs the 'frag' part")
     tensor = _as_frames_tensor(frames)
-    fragments = spatial_fragments(
-        tensor.permute(3, 0, 1, 2),
-        view="full",
-        grid=grid,
-        patch=patch,
-        aligned=aligned,
-        generator=generator,
-        centre=centre,
-    )
-    return {
-        "frag": normalise(fragments, fragment_stats, channel_dim=0),
-        "resize": normalise(resize_frames(tensor, size, antialias=antialias), resize_stats, channel_dim=1),
-    }
+    views: dict[str, torch.Tensor] = {}
+    layout, upsampled = None, (0, 0)
+    if "frag" in parts:
+        video = upsample_for_fragments(tensor.permute(3, 0, 1, 2), grid * patch)
+        upsampled = (int(video.shape[-2]), int(video.shape[-1]))
+        layout = fragment_layout(
+            *upsampled,
+            video.shape[1],
+            view="full",
+            grid=grid,
+            patch=patch,
+            aligned=aligned,
+            generator=generator,
+            centre=centre,
+        )
+        views["frag"] = normalise(apply_fragments(video, layout), fragment_stats, channel_dim=0)
+    if "resize" in parts:
+        views["resize"] = normalise(
+            resize_frames(tensor, size, antialias=antialias), resize_stats, channel_dim=1
+        )
+    if return_layout:
+        assert layout is not None
+        return views, layout, upsampled
+    return views
