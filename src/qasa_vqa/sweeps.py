@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from qasa_vqa.errors import QasaVqaError
+from qasa_vqa.storage import atomic_save
 
 __all__ = ["RESULTS_CSV", "append_row", "plot_budget_curve", "read_rows", "summarise"]
 
@@ -114,10 +115,7 @@ def summarise(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> list
 def plot_budget_curve(summary: Sequence[Mapping[str, Any]], metric: str, path: str | Path) -> Path:
     """``metric`` (mean +- std over seeds) against the number of labels, one line per experiment and
     ablation, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend (e.g. a notebook's) is left alone
 
     lines: dict[str, list[tuple[float, float, float]]] = {}
     for entry in summary:
@@ -128,7 +126,8 @@ def plot_budget_curve(summary: Sequence[Mapping[str, Any]], metric: str, path: s
         lines.setdefault(label, []).append((_number(entry["n_labelled"]), value["mean"], value["std"]))
     if not lines:
         raise QasaVqaError(f"no run in the sweep reports {metric}")
-    figure, axes = plt.subplots(figsize=(6, 4), dpi=120)
+    figure = Figure(figsize=(6, 4), dpi=120)
+    axes = figure.subplots()
     for label, points in sorted(lines.items()):
         x, mean, std = (np.array(v) for v in zip(*sorted(points), strict=True))
         axes.errorbar(x, mean, yerr=std, marker="o", capsize=3, label=label)
@@ -137,8 +136,4 @@ def plot_budget_curve(summary: Sequence[Mapping[str, Any]], metric: str, path: s
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return atomic_save(path, lambda target: figure.savefig(target, format="png"))
