@@ -140,7 +140,9 @@ def _execute(cwd: Path) -> list[dict[str, Any]]:
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     manager = KernelManager(kernel_name="python3", kernel_spec_manager=KernelSpecManager(kernel_dirs=[]))
     try:
-        NotebookClient(notebook, timeout=120, km=manager, resources={"metadata": {"path": str(cwd)}}).execute()
+        NotebookClient(
+            notebook, timeout=120, km=manager, resources={"metadata": {"path": str(cwd)}}
+        ).execute()
     finally:  # a kernel manager passed in is not shut down by nbclient: never leave a kernel running
         if manager.has_kernel:
             manager.shutdown_kernel(now=True)

@@ -15,16 +15,20 @@ from qasa_vqa.maps import cell_values, paint
 from qasa_vqa.metrics import apply_fit, fit_logistic
 from qasa_vqa.score_files import RowWriter, read_rows
 from qasa_vqa.scoring import segment_ranges
-from qasa_vqa.storage import atomic_write, atomic_write_text
+from qasa_vqa.storage import atomic_save, atomic_write_text
 
 FIELDS = ("path", "score", "status", "segments")
 
 
 def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path: Path) -> None:
     target = atomic_write_text(tmp_path / "a.json", "old")
-    with pytest.raises(RuntimeError), atomic_write(target, "w") as handle:
-        handle.write("new, half")
+
+    def half_then_fail(partial: Path) -> None:
+        partial.write_text("new, half")
         raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        atomic_save(target, half_then_fail)
     assert target.read_text() == "old" and os.listdir(tmp_path) == ["a.json"]
     atomic_write_text(target, "new")
     assert target.read_text() == "new" and os.listdir(tmp_path) == ["a.json"]
