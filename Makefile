@@ -39,8 +39,9 @@ format: $(STAMP) ## Reformat and auto-fix with ruff
 	$(PY) -m ruff check --fix src tests benchmarks
 	$(PY) -m ruff format src tests benchmarks
 
-bench: $(STAMP) ## Run the benchmarks (decode); prints medians and ratios
+bench: $(STAMP) ## Run the benchmarks (decode, scoring); prints medians and ratios
 	$(PY) benchmarks/bench_decode.py
+	$(PY) benchmarks/bench_score.py
 
 demo: $(STAMP) ## Generate a sample clip and draw what the models see (demo_output/views.png)
 	$(PY) -m qasa_vqa demo --out $(DEMO_DIR)
