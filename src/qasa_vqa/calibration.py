@@ -3,8 +3,7 @@
 ``python -m qasa_vqa.evaluate`` fits the VQEG logistic (or another :data:`~qasa_vqa.metrics.FitKind`)
 of one score column against MOS on each test set and writes it as JSON; ``qasa-vqa score --calibration
 FILE`` (and :func:`qasa_vqa.load_scorer`) reads it back and adds ``mos_pred``, the score mapped onto
-that dataset's MOS scale. The mapping is a config object, never constants in the code (ANCHORS.md
-section 6, O3). The file names the score it maps (``qasa``: the combined score; ``stvqrl``; ``clip``)
+that dataset's MOS scale. The mapping is a config object, never constants in the code (users ask for it: FAST-VQA #7, #32, DOVER #16, #32). The file names the score it maps (``qasa``: the combined score; ``stvqrl``; ``clip``)
 and where it was fitted, so a calibration is not silently applied to another score.
 
 Format: ``{"format": "qasa-vqa-calibration", "version": 1, "branch", "fit", "params", "mos_min",

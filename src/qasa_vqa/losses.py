@@ -3,20 +3,20 @@
 Pure torch functions (plus one small ``nn.Module``); no Lightning, no Hydra. The training modules call
 them and log the named parts they return.
 
-* :func:`plcc_loss` is FAST-VQA's correlation loss (METHOD.md section 4.5): both vectors standardised
+* :func:`plcc_loss` is FAST-VQA's correlation loss (docs/method.md section 4.5): both vectors standardised
   with the biased std (+1e-8), ``(mean((a^ - b^)^2) / 4 + mean((rho a^ - b^)^2) / 4) / 2``, which is
   ``(1 - rho) / 4 + (1 - rho^2) / 8`` in closed form. :func:`weighted_plcc_loss` is the same loss with
   per-sample weights (used only by the per-sample transfer mask, an addition of ours).
 * :func:`labelled_losses`, :func:`consistency_errors`, :func:`transfer_mask` and
-  :func:`unlabelled_losses` are the per-iteration terms of QASA-VQA (METHOD.md section 4.6): supervised
+  :func:`unlabelled_losses` are the per-iteration terms of QASA-VQA (docs/method.md section 4.6): supervised
   + consistency on labelled data; on unlabelled data the intra-model consistency errors eps_L, eps_H
   decide which model learns from the other (stop-gradient targets via ``.detach()``).
 * :func:`gaussian_fit`, :func:`gaussian_distance_matrix` and :func:`gaussian_contrastive_loss` (module
-  :class:`GaussianContrastiveLoss`) are ST-VQRL's self-supervised loss (METHOD.md section 2.3): each
+  :class:`GaussianContrastiveLoss`) are ST-VQRL's self-supervised loss (docs/method.md section 2.3): each
   clip's tokens are fitted with a Gaussian, clips are compared with the NIQE-style distance, and an
   InfoNCE over the K versions of the same scene in the other temporal view, both directions.
 
-Deviations from the authors' code (METHOD.md section 8):
+Deviations from the authors' code (docs/differences.md):
 
 * Distance: the quadratic form is clamped at 0 and an ``eps`` is added inside the square root
   (``sqrt(clamp(q, min=0) + eps)``), so rounding can neither give NaN (item 19) nor an infinite gradient
@@ -61,7 +61,7 @@ Solver = Literal["pinv", "cholesky"]
 
 
 # --------------------------------------------------------------------------------------------------
-# PLCC loss (METHOD.md section 4.5)
+# PLCC loss (docs/method.md section 4.5)
 
 
 def _as_vector(x: Tensor, name: str) -> Tensor:
@@ -98,7 +98,7 @@ def _standardise(x: Tensor, eps: float) -> Tensor:
 
 
 def plcc_loss(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
-    """FAST-VQA's PLCC loss between two score vectors over the batch, a 0-d tensor (METHOD.md 4.5).
+    """FAST-VQA's PLCC loss between two score vectors over the batch, a 0-d tensor (docs/method.md 4.5).
 
     ``a^``, ``b^`` are standardised with the biased std plus ``eps``; ``rho = mean(a^ b^)``;
     ``loss = (mean((a^ - b^)^2) / 4 + mean((rho a^ - b^)^2) / 4) / 2``, i.e.
@@ -151,7 +151,7 @@ def weighted_plcc_loss(
 
 
 # --------------------------------------------------------------------------------------------------
-# Semi-supervised terms (METHOD.md section 4.6)
+# Semi-supervised terms (docs/method.md section 4.6)
 
 
 def labelled_losses(a: Tensor, b: Tensor, y: Tensor, w_cons: float = 1.0) -> dict[str, Tensor]:
@@ -198,7 +198,7 @@ def transfer_mask(eps_l: Tensor | float, eps_h: Tensor | float, mode: MaskMode =
 
     Where the mask is 1 the primary Q_L learns from the auxiliary Q_H, where it is 0 the auxiliary
     learns from the primary (ties go to 0, as in the reference). ``mode="batch"``: one 0-d mask from
-    two scalars (METHOD.md 4.6). ``mode="sample"``: a ``[B]`` mask from two ``[B]`` error vectors.
+    two scalars (docs/method.md 4.6). ``mode="sample"``: a ``[B]`` mask from two ``[B]`` error vectors.
     The mask is a float tensor (the errors' dtype, float32 for Python numbers) without gradient.
     """
     _check_mode(mode, ("batch", "sample"))
@@ -228,7 +228,7 @@ def unlabelled_losses(
     w_stab: float = 1.0,
     mode: MaskMode = "batch",
 ) -> dict[str, Tensor]:
-    """Unlabelled losses of both models with the knowledge-transfer mask (METHOD.md section 4.6).
+    """Unlabelled losses of both models with the knowledge-transfer mask (docs/method.md section 4.6).
 
     ``a_l, b_l`` are the primary's scores of T' and T'', ``a_h, b_h`` the auxiliary's of S and S^F.
     With ``l`` = :func:`plcc_loss` and ``sg`` = ``.detach()``:
@@ -292,7 +292,7 @@ def _check_mode(mode: str, allowed: tuple[str, ...] = ("batch", "sample", "alway
 
 
 # --------------------------------------------------------------------------------------------------
-# ST-VQRL Gaussian-distance contrastive loss (METHOD.md section 2.3)
+# ST-VQRL Gaussian-distance contrastive loss (docs/method.md section 2.3)
 
 
 def gaussian_fit(tokens: Tensor) -> tuple[Tensor, Tensor]:
@@ -378,7 +378,7 @@ def gaussian_contrastive_loss(
     compute_dtype: torch.dtype | None = torch.float64,
     solver: Solver = "pinv",
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """ST-VQRL's contrastive loss over the versions of each scene (METHOD.md section 2.3).
+    """ST-VQRL's contrastive loss over the versions of each scene (docs/method.md section 2.3).
 
     ``view1_tokens``, ``view2_tokens``: ``[B, K, N, C]`` (B scenes, K >= 2 versions, N tokens of C
     dimensions; 6 x 10 x 784 x 64 in the reference), the two temporal clips. With ``D[b, i, j]`` =

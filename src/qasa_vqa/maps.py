@@ -1,6 +1,6 @@
 """Quality maps: where in a video the quality-aware branch sees good and bad quality.
 
-The VQA head gives a local quality map ``[T', h, w]`` of the fragment image (METHOD.md section 1.5):
+The VQA head gives a local quality map ``[T', h, w]`` of the fragment image (docs/method.md section 1.5):
 cell ``(t, a, b)`` summarises fragment pixels ``[a*s, (a+1)*s) x [b*s, (b+1)*s)`` (``s`` is the
 backbone's stride, 32 for Video Swin-T) of sampled frames ``[t*r, (t+1)*r)`` (``r = T / T'``, 2). Each
 fragment patch ``(i, j)`` of the ``grid x grid`` fragment image was cut from grid cell ``(i, j)`` of the

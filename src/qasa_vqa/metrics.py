@@ -3,7 +3,7 @@
 Pure numpy / scipy; the epoch-level ``torchmetrics`` version for the Lightning systems is
 :class:`qasa_vqa.lit.metrics.QualityMetrics`.
 
-Conventions (ANCHORS.md section 4; pyiqa's ``correlation_coefficient.py`` is the reference style):
+Conventions (docs/method.md section 5.2; pyiqa's ``correlation_coefficient.py`` is the reference style):
 
 * ``srcc`` is Spearman's rho, ``krcc`` Kendall's tau-b and ``plcc`` Pearson's r, all of the **raw**
   predictions against MOS, computed with ``scipy.stats`` (``spearmanr``, ``kendalltau``, ``pearsonr``).
@@ -45,7 +45,7 @@ Peers' pitfalls, one line each (do not repeat them):
 * ``DistributedSampler`` pads ranks by repeating samples, so a DDP evaluation scores duplicates unless
   the evaluation sampler does not pad.
 
-Metric names logged by the Lightning modules follow ``{stage}/{branch}/{metric}`` (DESIGN.md rule 9);
+Metric names logged by the Lightning modules follow ``{stage}/{branch}/{metric}``;
 :func:`prefixed` builds them, e.g. ``val/qasa/srcc``.
 """
 
@@ -416,7 +416,7 @@ def quality_metrics(
 
 
 def prefixed(metrics: Mapping[str, Any], stage: str, branch: str) -> dict[str, Any]:
-    """``{stage}/{branch}/{metric}`` names (DESIGN.md rule 9), e.g. ``val/qasa/srcc``."""
+    """``{stage}/{branch}/{metric}`` names, e.g. ``val/qasa/srcc``."""
     for label, value in (("stage", stage), ("branch", branch)):
         if not value or "/" in value:
             raise MetricInputError(f"{label} must be a non-empty name without '/', got {value!r}")

@@ -2,7 +2,7 @@
 
 For each scene of a distortion tree, both temporal views of every version are embedded as token sets;
 a clip of view 1 "retrieves" the version of view 2 whose Gaussian (mean, covariance of its tokens) is
-nearest by ST-VQRL's distance (METHOD.md section 2.3), and the other way round. The accuracy is the
+nearest by ST-VQRL's distance (docs/method.md section 2.3), and the other way round. The accuracy is the
 fraction of clips whose nearest clip is their own version: chance is 1/K for K versions. Pretraining
 prints it before and after training on the same fixed draws.
 """

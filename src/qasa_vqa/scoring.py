@@ -4,7 +4,7 @@ One row (a dict) per video, with the combined score and each branch's, what the 
 fps, frames, duration), the time spent decoding, making views and in the model, and ``status`` /
 ``error``: a video that cannot be decoded gives an ``error`` row, never an exception that stops the run.
 
-How a video is scored (METHOD.md section 5.1, made deterministic): the test frames (8 segments x 8
+How a video is scored (docs/method.md section 5.1, made deterministic): the test frames (8 segments x 8
 frames, 2 apart, for the paper's model) at the centre of each segment, fragments at the centre of each
 cell, every frame resized for CLIP; ``stvqrl = sigmoid(0.1 * mean(map))``, ``clip`` in (0, 2), ``score
 = stvqrl * clip``. So the same video gets the same score every time (the reference draws offsets at

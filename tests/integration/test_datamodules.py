@@ -1,4 +1,4 @@
-"""DataModules: the Lightning contract (prepare_data writes, setup reads), batch shapes of METHOD.md
+"""DataModules: the Lightning contract (prepare_data writes, setup reads), batch shapes of docs/method.md
 4.2 / 5.1 / 2.2, the labelled-driven epoch with a cycling unlabelled stream, and a real Trainer run."""
 
 from __future__ import annotations

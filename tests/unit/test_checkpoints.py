@@ -1,4 +1,4 @@
-"""Checkpoints: the official layouts (key manifest of METHOD.md's stvqrl_keys.txt), our format, safety."""
+"""Checkpoints: the official layouts (key manifest of the key manifest tests/data/stvqrl_keys.txt), our format, safety."""
 
 from __future__ import annotations
 

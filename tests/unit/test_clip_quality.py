@@ -1,4 +1,4 @@
-"""The CLIP quality branch: formula (METHOD.md 4.4), frame averaging, prompt buffer, official key layout."""
+"""The CLIP quality branch: formula (docs/method.md 4.4), frame averaging, prompt buffer, official key layout."""
 
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def test_default_prompts_and_tokenizer_case() -> None:
     )
     assert DEFAULT_PAIRS == ((0, 1), (2, 3))
     tokenizer = get_clip_tokenizer("tiny")
-    # The reference test script lower-cases the classes; CLIP's BPE lower-cases anyway (METHOD.md 4.1).
+    # The reference test script lower-cases the classes; CLIP's BPE lower-cases anyway (docs/method.md 4.1).
     assert torch.equal(tokenizer(list(DEFAULT_PROMPTS)), tokenizer([p.lower() for p in DEFAULT_PROMPTS]))
 
 

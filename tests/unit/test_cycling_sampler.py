@@ -1,4 +1,4 @@
-"""CyclingSampler: the unlabelled stream that continues across epochs (METHOD.md section 4.8)."""
+"""CyclingSampler: the unlabelled stream that continues across epochs (docs/method.md section 4.8)."""
 
 from __future__ import annotations
 

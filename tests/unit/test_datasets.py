@@ -1,4 +1,4 @@
-"""Datasets: view shapes (METHOD.md 4.2, 5.1, 2.2), seeded draws, shared frames/patches across versions,
+"""Datasets: view shapes (docs/method.md 4.2, 5.1, 2.2), seeded draws, shared frames/patches across versions,
 and the skip-or-raise policy for videos that fail to decode."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Spatial views: a coordinate test of the fragment rules (METHOD.md section 4.3), resize, views."""
+"""Spatial views: a coordinate test of the fragment rules (docs/method.md section 4.3), resize, views."""
 
 from __future__ import annotations
 

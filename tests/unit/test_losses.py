@@ -1,5 +1,5 @@
 """Losses against references: PLCC loss vs its closed form and scipy, the transfer mask and its gradient
-routing (METHOD.md sections 4.5, 4.6), ST-VQRL's Gaussian fit, distance and contrastive loss vs NumPy
+routing (docs/method.md sections 4.5, 4.6), ST-VQRL's Gaussian fit, distance and contrastive loss vs NumPy
 and a per-pair loop of the formula (section 2.3)."""
 
 from __future__ import annotations
@@ -321,7 +321,7 @@ def test_cholesky_solver_agrees_with_pinv(n_tokens: int) -> None:
 
 
 def _loop_loss(v1: torch.Tensor, v2: torch.Tensor, tau: float) -> float:
-    """The formula of METHOD.md 2.3 with explicit sums over scenes, anchors and candidates."""
+    """The formula of docs/method.md 2.3 with explicit sums over scenes, anchors and candidates."""
     x1, x2 = v1.double().numpy(), v2.double().numpy()
     b, k = x1.shape[:2]
 

@@ -20,7 +20,7 @@ from qasa_vqa.data.manifests import (
 
 SHARED = Path(os.environ.get("QASA_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
 
-# Each format as the peers write it (ANCHORS.md section 5): file name, text, expected records.
+# Each format as the peers write it (FAST-VQA's, DOVER's and the datasets' own): file name, text, expected records.
 SAMPLES = {
     "fastvqa_txt": (
         "labels.txt",

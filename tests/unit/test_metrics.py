@@ -1,4 +1,4 @@
-"""Quality metrics against scipy, hand-computed values and the logistic mapping (DESIGN.md rule 8)."""
+"""Quality metrics against scipy, hand-computed values and the logistic mapping."""
 
 from __future__ import annotations
 

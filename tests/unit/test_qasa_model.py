@@ -1,4 +1,4 @@
-"""QASAModel: both branches, the combined score of METHOD.md 5.1, gradients for tiny and full sizes."""
+"""QASAModel: both branches, the combined score of docs/method.md 5.1, gradients for tiny and full sizes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Temporal samplers against hand-computed indices (METHOD.md sections 2.2 and 4.2 item 1)."""
+"""Temporal samplers against hand-computed indices (docs/method.md sections 2.2 and 4.2 item 1)."""
 
 from __future__ import annotations
 

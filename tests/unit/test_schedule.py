@@ -1,4 +1,4 @@
-"""The warm-up + cosine factor of METHOD.md 4.7, in the reference's mode and with its quirks switched off."""
+"""The warm-up + cosine factor of docs/method.md 4.7, in the reference's mode and with its quirks switched off."""
 
 from __future__ import annotations
 

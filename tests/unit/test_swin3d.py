@@ -34,7 +34,7 @@ def test_gate_by_hand_on_a_small_map() -> None:
 
 
 def test_gate_statistics_of_stage_0_match_the_reference() -> None:
-    # METHOD.md 1.3: unshifted stage-0 windows have g in {0,1,2} (51% / 41% / 8%); shifted ones reach 12
+    # docs/method.md 1.3: unshifted stage-0 windows have g in {0,1,2} (51% / 41% / 8%); shifted ones reach 12
     counts = collections.Counter(
         fragment_gate((16, 56, 56), (8, 7, 7), (0, 0, 0), (1, 7, 7)).flatten().tolist()
     )
@@ -118,7 +118,9 @@ def test_tiny_twin_runs_forward_and_backward() -> None:
     assert out.shape == (2, 128, 4, 4, 4) and torch.isfinite(out).all()
     out.mean().backward()
     assert all(torch.isfinite(p.grad).all() for p in backbone.parameters() if p.grad is not None)
-    assert backbone.train() is backbone and backbone.eval() is backbone  # chaining works (METHOD.md 8.14)
+    assert (
+        backbone.train() is backbone and backbone.eval() is backbone
+    )  # chaining works (docs/differences.md item 14)
 
 
 def test_64_frames_give_32_time_steps() -> None:

@@ -1,7 +1,7 @@
 """LightningDataModules: the semi-supervised QASA-VQA data and the ST-VQRL pretraining tree.
 
 :class:`SemiSupervisedDataModule` follows Lightning's contract: ``prepare_data`` reads the training
-manifest and writes the split file (labelled / validation / unlabelled, METHOD.md section 4.9) once,
+manifest and writes the split file (labelled / validation / unlabelled, docs/method.md section 4.9) once,
 keeping no state on the module; ``setup`` reads it back on every process. Its train loader is a
 ``CombinedLoader`` in ``max_size_cycle`` mode over ``{"labelled": ..., "unlabelled": ...}``: the
 labelled loader (shuffled, ``drop_last``) drives the epoch, and the unlabelled one draws exactly as
@@ -87,7 +87,7 @@ class CyclingSampler(DistributedSampler):
 
     Pass ``p`` of the stream is ``default_rng([seed, p]).permutation(n)`` cut to whole batches: its first
     ``(n // (batch_size * num_replicas)) * batch_size * num_replicas`` items, so, as with the authors'
-    cyclic iterator over a ``drop_last`` loader (METHOD.md 4.8), no batch mixes the end of one pass with
+    cyclic iterator over a ``drop_last`` loader (docs/method.md 4.8), no batch mixes the end of one pass with
     the start of the next (and none holds a video twice). Epoch ``e`` takes the next
     ``per_epoch * num_replicas`` items after epoch ``e - 1``'s, so the stream does not restart with the
     epoch. Stateless given the epoch, hence resumable. ``batch_size=1`` uses every item of every pass.

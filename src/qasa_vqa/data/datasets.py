@@ -1,6 +1,6 @@
 """torch Datasets: one decode per item, returning the views the models train and test on.
 
-* :class:`SemiSupervisedDataset`: the 32 training frames of a video (METHOD.md section 4.2) as the four
+* :class:`SemiSupervisedDataset`: the 32 training frames of a video (docs/method.md section 4.2) as the four
   views ``frag_v`` ``[3,32,224,224]``, ``frag_a`` (same), ``resize_v`` ``[32,3,224,224]`` and
   ``resize_a`` ``[8,3,224,224]``, plus ``mos`` in [0, 1] for labelled items and ``path``.
 * :class:`EvaluationDataset`: the 64 test frames (8 segments x 8, deterministic centred offsets) as
@@ -69,7 +69,7 @@ class DistortionTreeError(QasaVqaError):
 
 @dataclass(frozen=True)
 class ViewSpec:
-    """How frames are sampled and turned into views (defaults: the paper's, METHOD.md 4.2 and 5.1)."""
+    """How frames are sampled and turned into views (defaults: the paper's, docs/method.md 4.2 and 5.1)."""
 
     segments: int = 8
     frames_per_segment: int = 4

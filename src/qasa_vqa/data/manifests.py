@@ -1,4 +1,4 @@
-"""Read the label files of the field into one list of records (ANCHORS.md section 5).
+"""Read the label files of the field into one list of records (FAST-VQA's, DOVER's and the datasets' own).
 
 Users bring LSVQ, KoNViD-1k, LIVE-VQC, YouTube-UGC or their own videos with labels in half a dozen
 formats. :func:`read_manifest` turns any of them into a :class:`Manifest`: the records (path relative

@@ -1,13 +1,13 @@
 """Which videos carry labels: the paper's split, seeded label budgets and split files on disk.
 
-A QASA-VQA experiment is defined by its labelled / unlabelled sets (METHOD.md section 4.9).
+A QASA-VQA experiment is defined by its labelled / unlabelled sets (docs/method.md section 4.9).
 
 * :func:`official_qasa_split` reproduces the paper's split exactly, from either the 1,999-entry pool
   JSON (``semisupervised.json``) or the 28,056-entry LSVQ train list in official order: the pool is
   ``full[numpy.linspace(0, 28056, 2000, dtype=int)]`` without the last (out-of-range) index, the
   labelled set the pool entries at ``linspace(0, N-1, 500, dtype=int)`` (0, 4, 8, ..., 1993, 1998) and
   the unlabelled set the other 1,499. (The authors' README says "randomly chosen 500" and "1500
-  unlabelled"; the code does this, METHOD.md section 8 item 13.)
+  unlabelled"; the code does this, docs/differences.md item 13.)
 * :func:`budget_split` draws labelled / validation / unlabelled sets of given sizes from any manifest
   with a seed and a strategy (``random``, ``mos-stratified`` or ``linspace``), and
   :func:`ensure_split_file` writes a split once to a JSON split file holding the inputs, the manifest's
@@ -42,7 +42,7 @@ __all__ = [
 STRATEGIES = ("random", "mos-stratified", "linspace")
 SPLIT_FILE_VERSION = 1
 
-# The paper's numbers (METHOD.md section 4.9): LSVQ train list length, pool size + 1, labelled count.
+# The paper's numbers (docs/method.md section 4.9): LSVQ train list length, pool size + 1, labelled count.
 LSVQ_TRAIN_SIZE = 28056
 _POOL_POINTS = 2000
 QASA_POOL_SIZE = _POOL_POINTS - 1

@@ -1,6 +1,6 @@
 """Zero-shot CLIP quality on a rated corpus: QASA's readout of an untrained-for-VQA CLIP against MOS.
 
-The measurement is QASA-VQA's inference on its CLIP branch alone (METHOD.md section 5.1, item 4): the 64
+The measurement is QASA-VQA's inference on its CLIP branch alone (docs/method.md section 5.1, item 4): the 64
 test frames of each video (8 segments x 8, centred offsets), each resized to 224 x 224 and normalised
 as the branch sees them (:class:`~qasa_vqa.data.datasets.EvaluationDataset`), the mean image feature
 over those frames, its cosines with the four prompts ("a good / bad / high quality / low quality

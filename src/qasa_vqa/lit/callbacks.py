@@ -1,7 +1,7 @@
 """Callbacks of the QASA-VQA training run: the model in the authors' checkpoint layout every N epochs.
 
 :class:`OfficialCheckpoints` writes ``clip2stvqrl_<epoch>.pth`` = ``{'primary', 'auxillary', 'epoch'}``
-(METHOD.md section 4.10), loadable by the authors' test script, at the end of every ``every_n_epochs``-th
+(docs/method.md section 4.10), loadable by the authors' test script, at the end of every ``every_n_epochs``-th
 training epoch, as the reference does (``epoch and epoch % 5 == 0``). Epochs are counted from 0 like the
 reference's loop, so with ``every_n_epochs=5`` the files are those of epochs 5, 10, ...
 """

@@ -1,4 +1,4 @@
-"""QASASemiSupervisedModule: QASA-VQA's CLIP-guided semi-supervised training (METHOD.md section 4).
+"""QASASemiSupervisedModule: QASA-VQA's CLIP-guided semi-supervised training (docs/method.md section 4).
 
 A thin system around :class:`~qasa_vqa.models.qasa.QASAModel` and the pure losses of
 :mod:`qasa_vqa.losses`. One training step takes a labelled batch (``frag_v``, ``frag_a``, ``resize_v``,
@@ -50,7 +50,7 @@ BRANCHES = ("stvqrl", "clip")
 SCORES = ("stvqrl", "clip", "qasa")  # what validation reports: each branch and the combined score
 MaskMode = Literal["batch", "sample", "always", "never"]
 OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
-# The reference's optimisers and schedule (METHOD.md 4.7); the head and backbone learning rates are separate
+# The reference's optimisers and schedule (docs/method.md 4.7); the head and backbone learning rates are separate
 PRIMARY_OPTIMIZER: OptimizerFactory = partial(torch.optim.AdamW, weight_decay=0.05)
 CLIP_OPTIMIZER: OptimizerFactory = partial(torch.optim.AdamW, lr=5e-6, weight_decay=1e-3)
 SCHEDULE: Callable[..., WarmupCosine] = partial(WarmupCosine, warmup_epochs=2.5)

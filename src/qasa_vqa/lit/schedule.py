@@ -1,6 +1,6 @@
 """QASA-VQA's learning-rate schedule: linear warm-up, then a half cosine, stepped every iteration.
 
-METHOD.md section 4.7. With ``I`` iterations per epoch, ``W = int(warmup_epochs * I)`` warm-up steps and
+docs/method.md section 4.7. With ``I`` iterations per epoch, ``W = int(warmup_epochs * I)`` warm-up steps and
 ``M = epochs * I``, the reference multiplies both optimisers' learning rates by
 
     factor(c) = c / W                                  for c <= W

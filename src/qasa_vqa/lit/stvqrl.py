@@ -1,4 +1,4 @@
-"""STVQRLPretrainModule: ST-VQRL's self-supervised contrastive pretraining (METHOD.md section 2).
+"""STVQRLPretrainModule: ST-VQRL's self-supervised contrastive pretraining (docs/method.md section 2).
 
 A batch holds ``view1`` / ``view2`` ``[B,K,3,T,H,W]``: K versions (the reference and K-1 distortions)
 of B scenes, two temporal clips each. Every clip goes through the backbone (``[C,T',H',W']``), its

@@ -1,7 +1,7 @@
 """Checkpoints: safe loading, the authors' official layouts, and our own format.
 
 Every file is read with ``torch.load(weights_only=True)``: nothing in a checkpoint can run code.
-Official layouts (METHOD.md sections 2.4 and 4.10, ``stvqrl_keys.txt``):
+Official layouts (docs/method.md sections 2.4 and 4.10, ``stvqrl_keys.txt``):
 
 * ST-VQRL: ``{'model': backbone state dict (193 keys, names ``layers.{i}.blocks.{j}...``), ...}``;
 * QASA-VQA: ``{'primary': 'backbone.' + those 193 keys + 4 ``vqa_head.*`` keys, 'auxillary': the 152

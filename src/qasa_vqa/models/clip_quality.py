@@ -1,6 +1,6 @@
 """The CLIP quality branch of QASA-VQA: a trainable CLIP visual tower and cached prompt features.
 
-QASA-VQA's semantics-aware model Q_H (METHOD.md sections 4.1 and 4.4) is OpenAI CLIP ViT-B/32 of which
+QASA-VQA's semantics-aware model Q_H (docs/method.md sections 4.1 and 4.4) is OpenAI CLIP ViT-B/32 of which
 only the visual tower is trained. The frozen text tower is used once, to encode two antonym prompt
 pairs ("a Good photo." / "a Bad photo.", "a High quality photo." / "a Low quality photo."), so
 :class:`CLIPQuality` keeps those text features as a buffer and no text tower at all: checkpoints stay
@@ -12,14 +12,14 @@ Weights: ``open_clip`` builds the network. OpenAI's ViT-B/32 was trained with Qu
 spells ``"ViT-B-32-quickgelu"`` (its ``"ViT-B-32"`` uses nn.GELU and warns against the ``"openai"``
 tag); the weights come from the ``"openai"`` tag or from a local file (OpenAI's TorchScript
 ``ViT-B-32.pt`` or an open_clip state dict), because machines without network cannot download them
-(METHOD.md section 8 item 15). ``build_clip_quality("tiny", pretrained=None)`` is a small random twin
+(docs/differences.md item 15). ``build_clip_quality("tiny", pretrained=None)`` is a small random twin
 for tests and demos. The official QASA checkpoint stores ``clip.visual``'s 152 tensors under
 ``'auxillary'`` with OpenAI's names (section 4.10), which open_clip's VisionTransformer uses too, so
 :func:`load_visual_official` is a checked identity mapping with a key report.
 
 Deviations from the authors' code, kept for fidelity and stated here: the input frames are normalised
 with ImageNet statistics and squashed to 224 x 224 as the reference feeds CLIP, not with CLIP's own
-preprocessing (METHOD.md section 8 item 9); this module takes frames already normalised. The cosine
+preprocessing (docs/differences.md item 9); this module takes frames already normalised. The cosine
 and sigmoid are computed in float32 even under autocast.
 """
 
@@ -98,7 +98,7 @@ DEFAULT_PROMPTS = make_prompts(DEFAULT_PROMPT_CLASSES)
 
 
 # ----------------------------------------------------------------------------------------------------
-# The math (METHOD.md section 4.4)
+# The math (docs/method.md section 4.4)
 
 
 def prompt_cosine(features: Tensor, prompt_features: Tensor) -> Tensor:
@@ -202,7 +202,7 @@ class CLIPQuality(nn.Module):
             return prompt_cosine(features.float(), prompt_features.float())
 
     def quality_from_features(self, features: Tensor) -> Tensor:
-        """Quality ``[B]`` in (0, 2) of (frame-averaged) image features ``[B, D]`` (METHOD.md 4.4)."""
+        """Quality ``[B]`` in (0, 2) of (frame-averaged) image features ``[B, D]`` (docs/method.md 4.4)."""
         return quality_from_cosine(self.prompt_cosine(features), self.pairs, self.tau)
 
     def video_quality(self, frames: Tensor) -> Tensor:
@@ -408,7 +408,7 @@ def build_clip_visual(
 
 
 # ----------------------------------------------------------------------------------------------------
-# The official checkpoint's 'auxillary' entry (METHOD.md section 4.10, stvqrl_keys.txt section B)
+# The official checkpoint's 'auxillary' entry (docs/method.md section 4.10, stvqrl_keys.txt section B)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Build the QASA-VQA model to train: the backbone (from the ST-VQRL checkpoint), a fresh head, the CLIP branch.
 
-:func:`build_qasa_model` is what the ``model`` config node instantiates (METHOD.md section 4.1): a
+:func:`build_qasa_model` is what the ``model`` config node instantiates (docs/method.md section 4.1): a
 :class:`~qasa_vqa.models.swin3d.VideoSwinBackbone` of the given architecture, initialised from an
 ST-VQRL checkpoint in any layout the project reads (official ``{'model'}``, a QASA checkpoint, or ours)
 (extra keys are ignored as the reference's ``strict=False`` does, but a backbone the file does not cover

@@ -1,4 +1,4 @@
-"""The VQA head of the quality-aware branch: a local quality map and its mean (METHOD.md section 1.5).
+"""The VQA head of the quality-aware branch: a local quality map and its mean (docs/method.md section 1.5).
 
 FAST-VQA's IP-NLR head as QASA-VQA uses it: Dropout(0.5) -> Conv3d 768->64 (1x1x1) -> GELU ->
 Dropout(0.5) -> Conv3d 64->1 (1x1x1), applied to the backbone features ``[B,768,T',7,7]``; the output

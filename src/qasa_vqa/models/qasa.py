@@ -1,6 +1,6 @@
 """QASAModel: the quality-aware branch (ST-VQRL backbone + VQA head) and the CLIP branch, combined.
 
-METHOD.md sections 4.1, 4.4 and 5.1. ``model.stvqrl(fragments)`` gives the local quality map
+docs/method.md sections 4.1, 4.4 and 5.1. ``model.stvqrl(fragments)`` gives the local quality map
 ``[B,1,T/2,7,7]`` of the fragment view ``[B,3,T,224,224]``; ``model.clip.video_quality(resized)`` the
 CLIP quality in (0, 2) of the resized frames ``[B,T,3,224,224]``; :meth:`QASAModel.scores` returns both
 and the combined score of the reference's inference, ``sigmoid(score_scale * s_L) * q_H`` with

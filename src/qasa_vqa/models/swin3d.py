@@ -1,6 +1,6 @@
 """Video Swin-T with FAST-VQA's gated fragment position bias (GRPB): the ST-VQRL backbone.
 
-METHOD.md sections 1.2-1.4. The network is torchvision's ``SwinTransformer3d`` (same hyper-parameters as
+docs/method.md sections 1.2-1.4. The network is torchvision's ``SwinTransformer3d`` (same hyper-parameters as
 the reference: patch (2,4,4), embed 96, depths (2,2,6,2), heads (3,6,12,24), window (8,7,7), stochastic
 depth 0.1, the same relative-position index, window clipping, padding and -100 shift mask); only the
 attention of the blocks in stages 0-2 is replaced by :class:`GatedWindowAttention3d`, which adds a
@@ -92,7 +92,7 @@ class GatedWindowAttention3d(ShiftedWindowAttention3d):
         key = (padded, tuple(window), tuple(shift), device)
         if key not in self._gates:
             # the fragment grid follows the window: on a map smaller than the window (whose window is
-            # clipped to the map) the grid is clipped with it (METHOD.md 1.3: fragments = (1,) + window[1:])
+            # clipped to the map) the grid is clipped with it (docs/method.md 1.3: fragments = (1,) + window[1:])
             fragments = tuple(min(f, w) for f, w in zip(self.fragments, window, strict=True))
             gate = fragment_gate(padded, window, shift, fragments)  # values 0..12: kept as uint8
             self._gates[key] = gate.to(device=device, dtype=torch.uint8)

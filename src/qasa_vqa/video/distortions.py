@@ -1,6 +1,6 @@
 """The ST-VQRL synthetic distortion corpus: 12 distorted versions of every pristine video.
 
-METHOD.md section 2.1 (the authors' ``LSVQ Synthetic/*.py`` scripts): ``OUT/<k>/<name>`` for k = 0..12
+docs/method.md section 2.1 (the authors' ``LSVQ Synthetic/*.py`` scripts): ``OUT/<k>/<name>`` for k = 0..12
 is the reference (a byte copy), MPEG-2 at fixed quantiser 1/20/30, H.264 at CRF 5/35/50, a Gaussian
 pyramid down/up of 2/3/4 levels, and the frame rate divided by 2/3/4 then motion-interpolated back
 with FFmpeg's ``minterpolate``. :data:`DISTORTIONS` lists them; :func:`distort_video` makes one

@@ -1,6 +1,6 @@
 """Spatial views of a clip: fragment grids, the resized view, normalisation, and all four at once.
 
-Ported from the QASA-VQA paper (ICASSP 2025) as specified in METHOD.md sections 4.2, 4.3 and 5.1:
+Ported from the QASA-VQA paper (ICASSP 2025) as specified in docs/method.md sections 4.2, 4.3 and 5.1:
 
 * **Fragments** (FAST-VQA's grid-mini-patch sampling): a ``grid x grid`` grid of cells over the frame;
   from each cell one ``patch x patch`` crop, spliced into a ``grid*patch`` square. The crop offset
@@ -12,16 +12,16 @@ Ported from the QASA-VQA paper (ICASSP 2025) as specified in METHOD.md sections 
   - ``"first"`` (T', the first half of each cell) and ``"second"`` (T'', the second half): with
     ``a = 0`` or ``a = S // (2 * grid)``, ``r in a .. a + L//2 - patch - 1`` when ``L//2 > patch``;
     otherwise **both views use 0**, so they coincide on that axis (the reference's behaviour on sides
-    under 462 px; METHOD.md section 8 item 8). ``clamp_halves=True`` instead keeps them apart where the
+    under 462 px; docs/differences.md item 8). ``clamp_halves=True`` instead keeps them apart where the
     cell allows: T' at 0 and T'' at ``L - patch`` (the end of the cell).
 
   Cells start at ``min(i * L, S - patch)``. Videos whose shorter side is under ``grid * patch`` are
   first upsampled bilinearly so that it reaches ``grid * patch`` (the reference's upsampling path
-  raised on 5-D input, METHOD.md section 8 item 22; the output size here is rounded, never floored
+  raised on 5-D input, docs/differences.md item 22; the output size here is rounded, never floored
   below ``grid * patch``).
 * **Resized view** S: every frame resized to ``size x size`` (bilinear, aspect ratio not kept, no
   crop), antialiasing explicit (default off, as the reference's torchvision 0.14 did on tensors,
-  METHOD.md section 8 item 10). S^F is every ``sparse_stride``-th frame of S (``S[:-1:4]``).
+  docs/differences.md item 10). S^F is every ``sparse_stride``-th frame of S (``S[:-1:4]``).
 * **Normalisation** with ImageNet statistics on the 0-255 scale, as the reference does for both
   models; CLIP's statistics are an option.
 
@@ -291,7 +291,7 @@ def make_views(
     resize_stats: Stats = "imagenet",
     return_layouts: bool = False,
 ) -> dict[str, torch.Tensor] | tuple[dict[str, torch.Tensor], dict[str, FragmentLayout]]:
-    """The four training views of QASA-VQA from one decode (METHOD.md section 4.2 item 3).
+    """The four training views of QASA-VQA from one decode (docs/method.md section 4.2 item 3).
 
     ``frames`` are the sampled RGB frames ``[T, H, W, 3]`` (uint8, T = 32 in training). Returns
     ``frag_v`` = T'(x) and ``frag_a`` = T''(x), each ``[3, T, grid*patch, grid*patch]``; ``resize_v``
@@ -331,7 +331,7 @@ def make_test_views(
     parts: tuple[str, ...] = ("frag", "resize"),
     return_layout: bool = False,
 ) -> dict[str, torch.Tensor] | tuple[dict[str, torch.Tensor], FragmentLayout, tuple[int, int]]:
-    """The inference views of METHOD.md section 5.1 from the 64 test frames ``[T, H, W, 3]``.
+    """The inference views of docs/method.md section 5.1 from the 64 test frames ``[T, H, W, 3]``.
 
     ``frag`` uses the base FAST rule (``"full"``; one offset set per ``aligned`` frames, so 64 frames get
     two), ``[3, T, grid*patch, grid*patch]``; ``resize`` is every frame resized, ``[T, 3, size, size]``.

@@ -1,6 +1,6 @@
 """Probe videos and decode chosen frames with PyAV, frame-accurately and cheaply.
 
-Decoding dominates the wall time of NR-VQA (ANCHORS.md section 2), so :func:`read_frames` decodes as
+Decoding dominates the wall time of NR-VQA (FAST-VQA's own measurements), so :func:`read_frames` decodes as
 little as it can while returning exactly the frames a full sequential decode would give:
 
 * :func:`probe` demuxes the file once (no decoding beyond the first frame) and records every frame's

@@ -1,12 +1,12 @@
 """Temporal samplers: which frame indices of a video the models see.
 
-* :func:`fragment_frame_indices` is the temporal-fragment sampler of QASA-VQA / FasterVQA (METHOD.md
+* :func:`fragment_frame_indices` is the temporal-fragment sampler of QASA-VQA / FasterVQA (docs/method.md
   section 4.2 item 1): the video is cut into ``segments`` equal segments and from each a short run of
   ``frames_per_segment`` frames ``frame_interval`` apart is taken. Training draws one random offset
   per segment (8 x 4 = 32 frames); testing takes 8 x 8 = 64 frames with deterministic offsets by
-  default (the reference draws them at random even at test time, METHOD.md section 8 item 6; pass an
+  default (the reference draws them at random even at test time, docs/differences.md item 6; pass an
   ``rng`` to get that behaviour).
-* :func:`contiguous_clip_indices` is ST-VQRL's two-clip sampler (METHOD.md section 2.2, MMAction2's
+* :func:`contiguous_clip_indices` is ST-VQRL's two-clip sampler (docs/method.md section 2.2, MMAction2's
   ``SampleFrames`` in train mode): ``num_clips`` clips of ``clip_len`` frames ``frame_interval`` apart,
   one per equal share of the video, over the first ``num_frames - margin`` frames.
 
@@ -76,7 +76,7 @@ def contiguous_clip_indices(
     margin: int = 5,
     rng: np.random.Generator,
 ) -> np.ndarray:
-    """ST-VQRL's clips, ``[num_clips, clip_len]`` frame indices (METHOD.md section 2.2).
+    """ST-VQRL's clips, ``[num_clips, clip_len]`` frame indices (docs/method.md section 2.2).
 
     Sampling runs over ``n = num_frames - margin`` frames (the reference keeps 5 frames clear of the
     end, so distorted versions a frame or two shorter still hold every index; videos of ``margin``
