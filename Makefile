@@ -6,13 +6,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo_output
+DEMO_RUN ?= runs/demo
 DEMO_DATA ?= demo_data
 PYTEST_ARGS ?=
 PRETRAIN_ARGS ?=
 DEMO_CLIP_DIR ?= runs/demo-clip
 DEMO_CLIP_ARGS ?=
 
-.PHONY: help install test test-all lint format bench demo demo-data demo-clip pretrain clean
+.PHONY: help install test test-all lint format bench demo demo-views demo-data demo-clip pretrain clean
 
 help: ## List the commands
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -43,7 +44,10 @@ bench: $(STAMP) ## Run the benchmarks (decode, scoring); prints medians and rati
 	$(PY) benchmarks/bench_decode.py
 	$(PY) benchmarks/bench_score.py
 
-demo: $(STAMP) ## Generate a sample clip and draw what the models see (demo_output/views.png)
+demo: $(STAMP) ## The whole method offline: data, pretraining, training, evaluation, scoring -> runs/demo/report.md
+	$(PY) -m qasa_vqa.demo --out $(DEMO_RUN)
+
+demo-views: $(STAMP) ## Generate a sample clip and draw what the models see (demo_output/views.png)
 	$(PY) -m qasa_vqa demo --out $(DEMO_DIR)
 
 demo-data: $(STAMP) ## Generate the demo corpus offline (demo_data/: rated clips, manifest, ST-VQRL tree)

@@ -31,6 +31,8 @@ import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.progress import Progress
 
 from qasa_vqa.calibration import Calibration
 from qasa_vqa.data.datamodules import ManifestSource
@@ -120,10 +122,13 @@ def evaluate(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         records = list(manifest)
         log.info("evaluating %s on %s: %d videos", model_name, name, len(records))
         rows = []
-        for record, row in zip(
-            records, scorer.score_many([manifest.resolve(r) for r in records]), strict=True
-        ):
-            rows.append(row | {"test_set": name, "path": record.path, "mos": record.mos})
+        with Progress(*Progress.get_default_columns(), console=Console(stderr=True)) as progress:
+            task = progress.add_task(f"scoring {name}", total=len(records))
+            for record, row in zip(
+                records, scorer.score_many([manifest.resolve(r) for r in records]), strict=True
+            ):
+                rows.append(row | {"test_set": name, "path": record.path, "mos": record.mos})
+                progress.advance(task)
         predictions += rows
         _write_predictions(files["predictions"], predictions)
         scored = [r for r in rows if r["status"] == "ok" and r["mos"] is not None]
