@@ -2,19 +2,24 @@
 parse with the real parser, and every ``python -m qasa_vqa.<entry point>`` line composes its Hydra
 config with exactly the overrides written (a misspelt key, group or option fails here).
 
-Synopsis lines (``[--option]``, ``...``, ``a|b``) are left out; they describe, they are not run.
+The commands that need no dataset or weights run as written: the ``qasa-vqa split`` lines on label files
+the test generates under the names they use, and ``make -n`` over every make target. Synopsis lines
+(``[--option]``, ``...``, ``a|b``) are left out; they describe, they are not run.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
+import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
-from qasa_vqa.cli import build_parser
+from qasa_vqa.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = {"qasa_vqa.train": "train", "qasa_vqa.pretrain": "pretrain", "qasa_vqa.evaluate": "eval"}
@@ -86,3 +91,35 @@ def test_entry_point_overrides_compose(words: list[str]) -> None:
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name=CONFIGS[words[2]], overrides=overrides)
     assert cfg.get("name")
+
+
+def _sandbox(folder: Path) -> None:
+    """The label files the README's split commands name, generated: the QASA pool JSON (1,999 entries)
+    and an LSVQ-style FAST-VQA label file (2,400 entries)."""
+    rng = np.random.default_rng(0)
+    pool = [{"filename": f"yfcc-batch1/{i}.mp4", "label": float(rng.uniform(20, 90))} for i in range(1999)]
+    (folder / "semisupervised.json").write_text(json.dumps(pool))
+    lines = [f"yfcc-batch2/{i}.mp4, 10.0, 30.0, {rng.uniform(20, 90):.3f}" for i in range(2400)]
+    (folder / "labels_train.txt").write_text("\n".join(lines) + "\n")
+
+
+RUNNABLE = [w for w in COMMANDS if w[:2] == ["qasa-vqa", "split"]]
+
+
+@pytest.mark.parametrize("words", RUNNABLE, ids=_id)
+def test_split_commands_run_as_written(
+    words: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _sandbox(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert main(words[1:]) == 0
+    out = Path(words[words.index("--out") + 1])
+    split = json.loads(out.read_text())
+    assert split and out.stat().st_size > 0
+
+
+def test_make_lines_dry_run() -> None:
+    targets = sorted({t for w in COMMANDS if w[0] == "make" for t in w[1:]})
+    result = subprocess.run(["make", "-n", *targets], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "qasa_vqa.demo" in result.stdout and "pytest" in result.stdout
