@@ -28,7 +28,7 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -520,17 +520,17 @@ def load_scorer(
     ``python -m qasa_vqa.evaluate`` (adds ``mos_pred``). Other arguments: :class:`ScoreSettings`.
     """
     from qasa_vqa.calibration import read_calibration
-    from qasa_vqa.models.checkpoints import load_qasa, read_views
+    from qasa_vqa.models.checkpoints import load_qasa_and_views
 
-    model = load_qasa(checkpoint, clip_text)
+    model, stored_views = load_qasa_and_views(checkpoint, clip_text)
     if not model.clip.has_prompt_features:
         raise QasaVqaError(
             f"{checkpoint}: the authors' checkpoint holds no text tower; pass clip_text='openai' (needs "
             "network or a filled open_clip cache) or a local CLIP file (ViT-B-32.pt) for the prompt features"
         )
     if views is None:
-        views = read_views(checkpoint) or ViewSpec()
-    elif not isinstance(views, ViewSpec):
+        views = stored_views or ViewSpec()
+    if not isinstance(views, ViewSpec):
         views = view_spec(views)
     if calibration is not None and not isinstance(calibration, Calibration):
         calibration = read_calibration(calibration)
@@ -549,7 +549,3 @@ def view_spec(options: dict[str, Any]) -> ViewSpec:
     if unknown:
         raise QasaVqaError(f"unknown view settings {unknown}; known: {sorted(known)}")
     return ViewSpec(**options)
-
-
-def view_options(views: ViewSpec) -> dict[str, Any]:
-    return asdict(views)

@@ -52,11 +52,11 @@ __all__ = [
     "convert_checkpoint",
     "load_backbone_weights",
     "load_qasa",
+    "load_qasa_and_views",
     "load_stvqrl_backbone",
     "official_to_ours",
     "ours_to_official",
     "read_checkpoint",
-    "read_views",
     "save_qasa",
     "save_stvqrl_backbone",
 ]
@@ -238,6 +238,14 @@ def load_qasa(path: str | Path, clip_text: str | Path | None = None, *, strict: 
     checkpoint): the open_clip tag ``"openai"`` or a local CLIP file; given with one of our files, it
     recomputes them.
     """
+    return load_qasa_and_views(path, clip_text, strict=strict)[0]
+
+
+def load_qasa_and_views(
+    path: str | Path, clip_text: str | Path | None = None, *, strict: bool = True
+) -> tuple[QASAModel, dict[str, Any] | None]:
+    """:func:`load_qasa` and, from the same read of the file, the view settings stored in one of our
+    checkpoints (``None`` for the authors' files and ours from before views were stored)."""
     path = Path(path)
     payload = read_checkpoint(path)
     kind = _kind(payload, path)
@@ -251,20 +259,8 @@ def load_qasa(path: str | Path, clip_text: str | Path | None = None, *, strict: 
         model.clip.set_prompt_features(
             load_prompt_features(clip_text, model.clip.prompts, _text_model(model))
         )
-    return model.eval()
-
-
-def read_views(path: str | Path) -> Any:
-    """The :class:`~qasa_vqa.data.datasets.ViewSpec` stored in one of our QASA checkpoints, or ``None``
-    (the authors' files, and ours from before views were stored: use the paper's)."""
-    from qasa_vqa.data.datasets import ViewSpec
-
-    payload = read_checkpoint(path)
-    stored = payload.get("views") if payload.get("format") == FORMAT else None
-    if not stored:
-        return None
-    known = {name: value for name, value in stored.items() if name in ViewSpec.__dataclass_fields__}
-    return ViewSpec(**known)
+    views = payload.get("views") if kind == "qasa" else None
+    return model.eval(), (dict(views) if views else None)
 
 
 def _text_model(model: QASAModel) -> str:
