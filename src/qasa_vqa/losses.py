@@ -37,6 +37,7 @@ Deviations from the authors' code (docs/differences.md):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -227,6 +228,7 @@ def unlabelled_losses(
     w_cons: float = 1.0,
     w_stab: float = 1.0,
     mode: MaskMode = "batch",
+    reduce_errors: Callable[[Tensor], Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """Unlabelled losses of both models with the knowledge-transfer mask (docs/method.md section 4.6).
 
@@ -257,6 +259,8 @@ def unlabelled_losses(
     cons_l = plcc_loss(a_l, b_l)
     cons_h = plcc_loss(a_h, b_h)
     eps_l, eps_h = cons_l.detach(), cons_h.detach()
+    if reduce_errors is not None and mode == "batch":
+        eps_l, eps_h = reduce_errors(eps_l), reduce_errors(eps_h)
     target_h, target_l = a_h.detach(), a_l.detach()
     out: dict[str, Tensor] = {"cons_l": cons_l, "cons_h": cons_h, "eps_l": eps_l, "eps_h": eps_h}
     if mode in ("batch", "always", "never"):

@@ -76,6 +76,7 @@ def build_module(cfg: DictConfig) -> QASASemiSupervisedModule:
         w_cons=cfg.loss.w_cons,
         w_stab=cfg.loss.w_stab,
         mask_mode=cfg.loss.mask_mode,
+        plcc_scope=cfg.loss.get("plcc_scope", "global"),
         branches=list(cfg.branches),
         gradient_clip_val=cfg.optim.gradient_clip_val,
         gradient_checkpointing=cfg.optim.gradient_checkpointing,

@@ -309,3 +309,11 @@ def test_pretraining_two_workers_two_epochs_on_the_demo_tree(demo, tmp_path: Pat
         assert sorted(scenes) == sorted(f"{name}.mp4" for name in demo.tree_scenes)
     versions = torch.cat([v for _, _, v in recorder.seen])
     assert versions.shape == (6, 10) and (versions[:, 0] == 0).all()
+
+
+def test_pin_memory_auto_pins_only_with_cuda_and_the_split_is_prepared_once(tmp_path: Path) -> None:
+    module = SemiSupervisedDataModule({"manifest": tmp_path / "m.csv"}, n_labelled=2, pin_memory="auto")
+    assert module.pin_memory is torch.cuda.is_available()
+    assert module.prepare_data_per_node is False  # global rank 0 writes the split; every rank reads it
+    with pytest.raises(ValueError, match="pin_memory"):
+        SemiSupervisedDataModule({"manifest": tmp_path / "m.csv"}, n_labelled=2, pin_memory="sometimes")

@@ -1,11 +1,12 @@
-"""CyclingSampler: the unlabelled stream that continues across epochs (docs/method.md section 4.8)."""
+"""CyclingSampler: the unlabelled stream that continues across epochs (docs/method.md section 4.8); the
+unpadded EvaluationSampler that splits an evaluation set over ranks (section 4.11)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from qasa_vqa.data.datamodules import CyclingSampler
+from qasa_vqa.data.datamodules import CyclingSampler, EvaluationSampler
 
 
 def _epoch(sampler: CyclingSampler, epoch: int) -> list[int]:
@@ -61,3 +62,18 @@ def test_no_batch_spans_two_passes() -> None:
     assert not set(parts[0]) & set(parts[1]) and all(len(part) == 4 for part in parts)
     with pytest.raises(ValueError, match="cannot fill one batch"):
         CyclingSampler(3, 4, batch_size=4)
+
+
+@pytest.mark.parametrize(("size", "world"), [(5, 2), (7, 3), (1, 2), (0, 2), (4, 1)])
+def test_evaluation_sampler_gives_every_item_once_without_padding(size: int, world: int) -> None:
+    shares = [list(EvaluationSampler(size, num_replicas=world, rank=rank)) for rank in range(world)]
+    assert sorted(i for share in shares for i in share) == list(range(size))  # once each, none repeated
+    assert [len(EvaluationSampler(size, num_replicas=world, rank=r)) for r in range(world)] == [
+        len(share) for share in shares
+    ]
+    assert max(map(len, shares)) - min(map(len, shares)) <= 1
+
+
+def test_evaluation_sampler_rejects_a_rank_outside_the_world() -> None:
+    with pytest.raises(ValueError, match="rank 2"):
+        EvaluationSampler(4, num_replicas=2, rank=2)

@@ -64,6 +64,17 @@ def test_semi_supervised_draws_are_seeded(clips) -> None:
     assert not torch.equal(first["frag_v"], a[0]["frag_v"])  # the next draw (next epoch) differs
 
 
+def test_ranks_draw_their_own_views_and_rank_0_draws_what_one_process_draws(clips) -> None:
+    def make(rank: int | None) -> SemiSupervisedDataset:
+        extra = {} if rank is None else {"rank": rank}
+        return SemiSupervisedDataset(clips.records, clips.source.parent, labelled=True, seed=2, **extra)
+
+    single, rank0, rank1, rank1_again = make(None)[0], make(0)[0], make(1)[0], make(1)[0]
+    assert torch.equal(single["frag_v"], rank0["frag_v"])
+    assert torch.equal(rank1["frag_v"], rank1_again["frag_v"])
+    assert not torch.equal(rank0["frag_v"], rank1["frag_v"])  # same worker seed, item and draw: other offsets
+
+
 def test_semi_supervised_draws_are_reproducible_with_workers(clips) -> None:
     dataset = SemiSupervisedDataset(clips.records, clips.source.parent, labelled=True, seed=3)
 

@@ -144,3 +144,29 @@ def test_fixed_mask_ablations(mode: str, rate: float) -> None:
         QASASemiSupervisedModule(_model(), mask_mode="sometimes")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="branches"):
         QASASemiSupervisedModule(_model(), branches=["clip", "text"])
+
+
+def test_gradient_checkpointing_gives_the_same_gradients() -> None:
+    grads = []
+    for checkpointing in (False, True):
+        module = QASASemiSupervisedModule(_model(), gradient_checkpointing=checkpointing)
+        module.model.train()
+        losses = module.compute_losses(_batch(3))
+        (losses["primary"] + losses["auxiliary"]).backward()
+        grads.append({k: p.grad.clone() for k, p in module.model.named_parameters() if p.grad is not None})
+    assert module.model.stvqrl.backbone.gradient_checkpointing
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
+    for key in grads[0]:
+        torch.testing.assert_close(grads[1][key], grads[0][key], rtol=1e-5, atol=1e-7, msg=key)
+
+
+def test_bf16_mixed_precision_trains_with_finite_weights() -> None:
+    schedule = partial(WarmupCosine, warmup_epochs=0.5, first_step_zero=False)
+    module = QASASemiSupervisedModule(_model(), schedule=schedule, epochs=2)
+    before = _snapshot(module)
+    trainer = Trainer(accelerator="cpu", precision="bf16-mixed", max_steps=1, max_epochs=10, logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.fit(module, train_dataloaders=_loaders())
+    assert _changed(before, module, "stvqrl.") and _changed(before, module, "clip.visual.")
+    for name, parameter in module.model.named_parameters():
+        assert parameter.dtype == torch.float32 and torch.isfinite(parameter).all(), name

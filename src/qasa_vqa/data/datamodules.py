@@ -11,8 +11,13 @@ any number of named test manifests with deterministic 64-frame views.
 
 :class:`PretrainDataModule` serves scenes of a distortion tree ``root/{0..12}/<name>`` (section 2.2).
 
-Samplers are ``DistributedSampler`` subclasses built with the trainer's world size and rank, so they
-work unchanged under DDP, and Lightning calls their ``set_epoch`` every epoch.
+Under DDP (docs/method.md section 4.11): training samplers are ``DistributedSampler`` subclasses built
+with the trainer's world size and rank (Lightning calls their ``set_epoch`` every epoch) and the datasets
+know their rank, so no two ranks or workers draw the same offsets; evaluation sets are split over the
+ranks by :class:`EvaluationSampler`, each video scored exactly once (no padded repeats, which would bias
+every correlation), and the metrics gather all ranks' predictions; the split file is written once, by
+global rank 0 (``prepare_data_per_node = False``: one shared filesystem), and read by every process.
+``pin_memory="auto"`` pins host memory when CUDA is available.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from qasa_vqa.data.splits import (
 
 __all__ = [
     "CyclingSampler",
+    "EvaluationSampler",
     "ManifestSource",
     "PretrainDataModule",
     "ResumableLoader",
@@ -129,6 +135,26 @@ class CyclingSampler(DistributedSampler):
         return self.per_epoch
 
 
+class EvaluationSampler(Sampler[int]):
+    """Every index once over all ranks, in order: rank ``r`` of ``W`` takes ``r, r + W, r + 2W, ...``.
+
+    Unlike ``DistributedSampler`` it never pads a rank with repeated items, so the ranks' shares may differ
+    by one and a rank may hold none (a set smaller than the world); the metrics gather every rank's
+    predictions, so each video counts exactly once.
+    """
+
+    def __init__(self, size: int, *, num_replicas: int = 1, rank: int = 0) -> None:
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not one of {num_replicas} replica(s)")
+        self.size, self.num_replicas, self.rank = size, num_replicas, rank
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.size, self.num_replicas))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.size, self.num_replicas))
+
+
 class ResumableSampler(Sampler[int]):
     """A sampler that can start its next pass ``skip`` items in (then forgets it): how a loader resumed in
     the middle of an epoch continues the epoch's draws instead of replaying them. ``set_epoch`` and
@@ -173,10 +199,15 @@ class ResumableLoader(DataLoader):
 
 
 class _DataModule(LightningDataModule):
-    def __init__(self, *, batch_size: int, num_workers: int, seed: int, pin_memory: bool) -> None:
+    def __init__(self, *, batch_size: int, num_workers: int, seed: int, pin_memory: bool | str) -> None:
         super().__init__()
+        self.prepare_data_per_node = False  # the split file: written once, by global rank 0
         if batch_size < 1 or num_workers < 0:
             raise ValueError(f"batch_size must be >= 1 and num_workers >= 0, got {batch_size}, {num_workers}")
+        if pin_memory == "auto":
+            pin_memory = torch.cuda.is_available()
+        elif not isinstance(pin_memory, bool):
+            raise ValueError(f"pin_memory must be true, false or auto, got {pin_memory!r}")
         self.batch_size, self.num_workers, self.seed, self.pin_memory = (
             batch_size,
             num_workers,
@@ -230,7 +261,7 @@ class SemiSupervisedDataModule(_DataModule):
         eval_batch_size: int = 1,
         num_workers: int = 0,
         seed: int = 0,
-        pin_memory: bool = False,
+        pin_memory: bool | str = "auto",
         on_error: OnError = "skip",
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed, pin_memory=pin_memory)
@@ -296,14 +327,16 @@ class SemiSupervisedDataModule(_DataModule):
         self.split = split
         root, scale = self.train_source.video_root, manifest.scale
         common = {"views": self.views, "on_error": self.on_error}
+        rank = self._replicas()[1]
         if stage in (None, "fit"):
             self.datasets["labelled"] = SemiSupervisedDataset(
-                split.labelled, root, labelled=True, mos_scale=scale, seed=self.seed, **common
+                split.labelled, root, labelled=True, mos_scale=scale, seed=self.seed, rank=rank, **common
             )
             if split.unlabelled:
                 self.datasets["unlabelled"] = SemiSupervisedDataset(
-                    split.unlabelled, root, labelled=False, mos_scale=scale, seed=self.seed + 1, **common
-                )
+                    split.unlabelled, root, labelled=False, mos_scale=scale, seed=self.seed + 1, rank=rank,
+                    **common,
+                )  # fmt: skip
         if stage in (None, "fit", "validate"):
             self.val_names = (["validation"] if split.validation else []) + list(self.val_sources)
             if split.validation:
@@ -360,10 +393,15 @@ class SemiSupervisedDataModule(_DataModule):
         return [self._eval_loader(f"test/{name}") for name in self.test_names]
 
     def _eval_loader(self, key: str) -> DataLoader:
-        return self._loader(
-            self.datasets[key],
+        dataset = self.datasets[key]
+        replicas, rank = self._replicas()
+        return DataLoader(  # not resumable: evaluation always covers the whole set
+            dataset,
             batch_size=self.eval_batch_size,
-            shuffle=False,
+            sampler=EvaluationSampler(len(dataset), num_replicas=replicas, rank=rank),  # type: ignore[arg-type]
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
             collate_fn=collate_skipping_none,
         )
 
@@ -383,7 +421,7 @@ class PretrainDataModule(_DataModule):
         batch_size: int = 6,
         num_workers: int = 0,
         seed: int = 0,
-        pin_memory: bool = False,
+        pin_memory: bool | str = "auto",
         on_error: OnError = "skip",
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed, pin_memory=pin_memory)
@@ -403,7 +441,7 @@ class PretrainDataModule(_DataModule):
         find_distortion_tree(self.root, min_distortions=self.options["versions"] - 1)
 
     def setup(self, stage: str | None = None) -> None:
-        self.dataset = PretrainDataset(self.root, seed=self.seed, **self.options)
+        self.dataset = PretrainDataset(self.root, seed=self.seed, rank=self._replicas()[1], **self.options)
 
     def train_dataloader(self) -> DataLoader:
         if self.dataset is None:

@@ -13,7 +13,10 @@
 Randomness: every item draws from ``numpy.random.default_rng([seed, stream, draw, index])`` where
 ``stream`` is the DataLoader worker's seed (``get_worker_info().seed``, derived each epoch from the
 loader's seeded generator; 0 in the main process) and ``draw`` counts the items this process has made.
-So a given seed, loader generator and worker count give the same items, and epochs differ.
+Under DDP the process's ``rank`` is appended to the key for ranks above 0 (every rank seeds its loader
+alike, so the workers' seeds coincide across ranks): no two workers or ranks draw from the same stream,
+and rank 0 draws what a single process draws. So a given seed, loader generator, worker count and rank
+give the same items, and epochs differ.
 
 Decode failures: ``on_error="raise"`` re-raises the :class:`~qasa_vqa.errors.VideoDecodeError`;
 ``"skip"`` logs a warning naming the file, and training datasets return the next decodable item
@@ -88,10 +91,11 @@ class ViewSpec:
 class _SeededItems(Dataset):
     """Per-item random generators and the skip-or-raise policy shared by the datasets."""
 
-    def __init__(self, seed: int, on_error: OnError) -> None:
+    def __init__(self, seed: int, on_error: OnError, rank: int = 0) -> None:
         if on_error not in ("skip", "raise"):
             raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
         self.seed = int(seed)
+        self.rank = int(rank)
         self.on_error = on_error
         self.failures = 0  # videos skipped by this process (workers keep their own count)
         self._draws = 0
@@ -101,7 +105,8 @@ class _SeededItems(Dataset):
         worker = get_worker_info()
         stream = worker.seed if worker is not None else 0
         self._draws += 1
-        return np.random.default_rng([self.seed, stream, self._draws, index])
+        key = [self.seed, stream, self._draws, index]
+        return np.random.default_rng([*key, self.rank] if self.rank else key)
 
     def _probe(self, path: Path) -> VideoInfo:
         if path not in self._infos:
@@ -160,8 +165,9 @@ class SemiSupervisedDataset(_SeededItems):
         views: ViewSpec = ViewSpec(),
         seed: int = 0,
         on_error: OnError = "skip",
+        rank: int = 0,
     ) -> None:
-        super().__init__(seed, on_error)
+        super().__init__(seed, on_error, rank)
         if labelled and any(record.mos is None for record in records):
             missing = next(record.path for record in records if record.mos is None)
             raise QasaVqaError(f"labelled set holds a video without a MOS: {missing!r}")
@@ -312,8 +318,9 @@ class PretrainDataset(_SeededItems):
         patch: int = 32,
         seed: int = 0,
         on_error: OnError = "skip",
+        rank: int = 0,
     ) -> None:
-        super().__init__(seed, on_error)
+        super().__init__(seed, on_error, rank)
         if versions < 2:
             raise ValueError(f"versions must be at least 2 (the reference and a distortion), got {versions}")
         self.root = Path(root)

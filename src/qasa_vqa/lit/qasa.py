@@ -22,6 +22,14 @@ consistency), ``mask_mode`` ``"always"`` / ``"never"`` (fixed transfer direction
 one branch (the other is neither trained nor used as a teacher), and a datamodule without unlabelled
 data (supervised-only).
 
+Under DDP (docs/method.md section 4.11) the batch statistics stay those of the method: with
+``plcc_scope="global"`` (the default) every score vector and the labels are gathered from all ranks with
+gradients (:func:`qasa_vqa.distributed.gather_with_grad`) before any loss, so each rank computes the
+losses and the transfer mask of the global batch and the averaged gradients equal those of one process
+on the concatenated batch; with ``plcc_scope="rank"`` each rank correlates its own part of the batch
+(the reference's statistic at its per-GPU batch size) and the consistency errors are averaged over ranks
+before the mask, so every rank still makes the same transfer decision.
+
 Validation and test score every configured set with deterministic test views and log SRCC, PLCC,
 KRCC, ... per set and branch: ``val/<set>/stvqrl/srcc``, ``val/<set>/clip/srcc``, ``val/<set>/qasa/srcc``
 (the combined score of the reference's inference), ``test/<set>/...`` likewise.
@@ -30,6 +38,7 @@ KRCC, ... per set and branch: ``val/<set>/stvqrl/srcc``, ``val/<set>/clip/srcc``
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any, Literal
@@ -38,6 +47,7 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 
+from qasa_vqa.distributed import gather_with_grad, is_distributed, mean_across_ranks
 from qasa_vqa.lit.metrics import QualityMetrics
 from qasa_vqa.lit.schedule import WarmupCosine
 from qasa_vqa.losses import labelled_losses, plcc_loss, unlabelled_losses
@@ -49,6 +59,7 @@ __all__ = ["BRANCHES", "QASASemiSupervisedModule"]
 BRANCHES = ("stvqrl", "clip")
 SCORES = ("stvqrl", "clip", "qasa")  # what validation reports: each branch and the combined score
 MaskMode = Literal["batch", "sample", "always", "never"]
+PlccScope = Literal["global", "rank"]
 OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
 # The reference's optimisers and schedule (docs/method.md 4.7); the head and backbone learning rates are separate
 PRIMARY_OPTIMIZER: OptimizerFactory = partial(torch.optim.AdamW, weight_decay=0.05)
@@ -73,6 +84,7 @@ class QASASemiSupervisedModule(LightningModule):
         w_cons: float = 1.0,
         w_stab: float = 1.0,
         mask_mode: MaskMode = "batch",
+        plcc_scope: PlccScope = "global",
         branches: Sequence[str] = BRANCHES,
         gradient_clip_val: float | None = None,
         gradient_checkpointing: bool = False,
@@ -84,6 +96,8 @@ class QASASemiSupervisedModule(LightningModule):
             raise ValueError(f"branches must be a non-empty subset of {BRANCHES}, got {branches}")
         if mask_mode not in ("batch", "sample", "always", "never"):
             raise ValueError(f"mask_mode must be batch, sample, always or never, got {mask_mode!r}")
+        if plcc_scope not in ("global", "rank"):
+            raise ValueError(f"plcc_scope must be global or rank, got {plcc_scope!r}")
         self.save_hyperparameters(ignore=["model", "primary_optimizer", "clip_optimizer", "schedule"])
         self.model = model
         self.primary_optimizer, self.clip_optimizer, self.schedule = (
@@ -131,8 +145,12 @@ class QASASemiSupervisedModule(LightningModule):
         ]
         return optimizers, schedulers
 
+    def _gathering(self) -> bool:
+        return self.hparams.plcc_scope == "global" and is_distributed()
+
     def _views(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Each trained branch's scores of its two views: ``a_l, b_l`` and / or ``a_h, b_h``."""
+        """Each trained branch's scores of its two views: ``a_l, b_l`` and / or ``a_h, b_h``; under DDP
+        with the global PLCC scope, those of every rank's videos (gathered with gradients)."""
         out = {}
         if "stvqrl" in self.branches:
             out["a_l"] = self.model.stvqrl.score(batch["frag_v"])
@@ -140,6 +158,8 @@ class QASASemiSupervisedModule(LightningModule):
         if "clip" in self.branches:
             out["a_h"] = self.model.clip.video_quality(batch["resize_v"])
             out["b_h"] = self.model.clip.video_quality(batch["resize_a"])
+        if self._gathering():
+            out = {key: gather_with_grad(value) for key, value in out.items()}
         return out
 
     def compute_losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
@@ -148,7 +168,7 @@ class QASASemiSupervisedModule(LightningModule):
         options = self.hparams
         labelled, unlabelled = batch["labelled"], batch.get("unlabelled")
         scores = self._views(labelled)
-        y = labelled["mos"]
+        y = gather_with_grad(labelled["mos"]) if self._gathering() else labelled["mos"]
         zero = y.new_zeros(())
         totals = {"primary": zero, "auxiliary": zero}
         parts: dict[str, Tensor] = {"gt": zero, "cons": zero}
@@ -168,7 +188,7 @@ class QASASemiSupervisedModule(LightningModule):
                 mode = options.mask_mode
                 terms = unlabelled_losses(
                     u["a_l"], u["b_l"], u["a_h"], u["b_h"], w_cons=options.w_cons, w_stab=options.w_stab,
-                    mode=mode,
+                    mode=mode, reduce_errors=self._reduce_errors(),
                 )  # fmt: skip
                 totals["primary"] = totals["primary"] + terms["primary"]
                 totals["auxiliary"] = totals["auxiliary"] + terms["auxiliary"]
@@ -182,6 +202,10 @@ class QASASemiSupervisedModule(LightningModule):
                 totals[total] = totals[total] + options.w_cons * cons
                 parts["cons"] = parts["cons"] + cons.detach()
         return totals | parts
+
+    def _reduce_errors(self) -> Callable[[Tensor], Tensor] | None:
+        """Per-rank losses under DDP: the consistency errors are averaged over ranks before the mask."""
+        return mean_across_ranks if self.hparams.plcc_scope == "rank" and is_distributed() else None
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         losses = self.compute_losses(batch)
@@ -213,7 +237,8 @@ class QASASemiSupervisedModule(LightningModule):
             "train/loss_auxiliary": losses["auxiliary"].detach(),
         }
         logged["train/lr_factor"] = torch.tensor(schedulers[0].get_last_lr()[0] / schedulers[0].base_lrs[0])
-        self.log_dict(logged, batch_size=size, on_step=True, on_epoch=True)
+        # under DDP the mean over ranks (global scope: every rank holds the same values already)
+        self.log_dict(logged, batch_size=size, on_step=True, on_epoch=True, sync_dist=is_distributed())
         return total.detach()
 
     def _uncounted_step(self, optimizer: Any) -> None:
@@ -250,13 +275,20 @@ class QASASemiSupervisedModule(LightningModule):
             self.eval_metrics[f"{kind}__{name}__{score}"].update(scores[score].float(), batch["mos"])
 
     def _log_evaluation(self, kind: str) -> None:
+        """Compute and log every set's metrics. Under DDP each rank scored its own share of each set
+        (no padded repeats, possibly none at all), so every rank computes every metric of the stage: the
+        computation gathers all ranks' predictions and must be entered by all of them."""
         logged = {}
+        names = set(getattr(self, f"{kind}_names"))
+        distributed = is_distributed()
         for key, metric in self.eval_metrics.items():
             stage, name, score = key.split("__")
-            if stage != kind or not metric.update_called:
+            if stage != kind or name not in names or not (distributed or metric.update_called):
                 continue
             try:
-                values = metric.compute()
+                with warnings.catch_warnings():  # a rank without videos of this set has no update
+                    warnings.filterwarnings("ignore", message=".*was called before the ``update``")
+                    values = metric.compute()
             except MetricInputError:  # fewer than 3 videos (a debug run): nothing to report
                 metric.reset()
                 continue
@@ -276,6 +308,13 @@ class QASASemiSupervisedModule(LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_evaluation("test")
+
+    def on_fit_start(self) -> None:
+        """Under DDP, ranks above 0 reseed torch's generator from the seed and their rank: every rank starts
+        from the same seed (``seed_everything``), and would otherwise draw the same dropout masks as rank 0
+        for its different videos. Rank 0 keeps the single process's draws."""
+        if self.global_rank > 0:
+            torch.manual_seed((torch.initial_seed() + 1_000_003 * self.global_rank) % 2**63)
 
     def on_train_start(self) -> None:
         if self.global_step:
