@@ -38,6 +38,8 @@ def _commands() -> list[list[str]]:
                 command, words = words[:cut], words[cut + 1 :]
                 while command and re.fullmatch(r"[A-Z_]+=.*", command[0]):  # VAR=value prefixes
                     command = command[1:]
+                if command and command[0] in ("torchrun", "srun") and "-m" in command:  # launchers
+                    command = ["python", *command[command.index("-m") :]]
                 if command:
                     commands.append(command)
     return commands
