@@ -40,8 +40,9 @@ format: $(STAMP) ## Reformat and auto-fix with ruff
 	$(PY) -m ruff check --fix src tests benchmarks
 	$(PY) -m ruff format src tests benchmarks
 
-bench: $(STAMP) ## Run the benchmarks (decode, scoring); prints medians and ratios
+bench: $(STAMP) ## Run the benchmarks (decode vs peers, training data, scoring); prints medians and ratios
 	$(PY) benchmarks/bench_decode.py
+	$(PY) benchmarks/bench_data.py
 	$(PY) benchmarks/bench_score.py
 
 demo: $(STAMP) ## The whole method offline: data, pretraining, training, evaluation, scoring -> runs/demo/report.md

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -414,9 +415,11 @@ def _split(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from qasa_vqa.sweeps import RESULTS_CSV, plot_budget_curve, read_rows, summarise
+    from qasa_vqa.sweeps import RESULTS_CSV, plot_budget_curve, read_rows, rebuild_csv, rows_folder, summarise
 
     path = args.sweep / RESULTS_CSV if args.sweep.is_dir() else args.sweep
+    if rows_folder(path).is_dir() and os.access(path.parent, os.W_OK):
+        rebuild_csv(path)  # from every row file there is now, whatever a filesystem's cache showed the runs
     rows = read_rows(path)
     if not rows:
         raise QasaVqaError(f"{path}: no sweep results here (runs append to it when they finish)")

@@ -1,8 +1,10 @@
 """Writing files so that a crash never leaves a damaged file under its final name.
 
 :func:`atomic_save` (and its shorthands for bytes and text) writes through a temporary file in the
-same folder (``.<name>.<pid>.partial<suffix>``), fsyncs it, renames it over the target (atomic on POSIX and Windows filesystems), and
-fsyncs the folder so that the rename itself survives a power cut. A reader sees the old file or the
+same folder (``.<name>.<host>-<pid>-<random>.partial<suffix>``: no other process, on this machine or
+another one sharing the folder, takes the same name), fsyncs it, renames it over the target (atomic on
+POSIX and Windows filesystems, NFS included), and fsyncs the folder so that the rename itself survives a
+power cut. A reader sees the old file or the
 new one, never half of either. :func:`append_line` is the one append-only write the project makes (the
 scorer's rows): one ``write`` of a whole line, then flush and fsync.
 """
@@ -11,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,7 +24,15 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "fsync_dir",
+    "unique_name",
 ]
+
+
+def unique_name() -> str:
+    """``<host>-<pid>-<random>``: a name part that no other process on any machine takes at the same
+    time (not a seeded draw: it must differ between runs of the same seed)."""
+    host = "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname()) or "host"
+    return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
 
 
 def fsync_dir(folder: str | Path) -> None:
@@ -42,7 +54,7 @@ def atomic_save(path: str | Path, save: Callable[[Path], object]) -> Path:
     move it over ``path``; if ``save`` fails, the temporary file is removed and ``path`` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial{path.suffix}")
+    partial = path.with_name(f".{path.name}.{unique_name()}.partial{path.suffix}")
     try:
         save(partial)
         with open(partial, "rb+") as handle:

@@ -2,10 +2,25 @@
 
 Every run of a sweep appends one row (:func:`append_row`): experiment, ablation, budget (``n_labelled``),
 ``n_unlabelled``, seed, split file and its SHA-256, steps, checkpoint, and every validation and test
-metric. Runs of a sweep may finish at the same time in several processes (joblib, SLURM arrays on a
-shared filesystem), so a row is written under an exclusive lock on ``<csv>.lock``; a row that brings new
-columns rewrites the file with the union of the columns (to a temporary file, then an atomic rename), so
-the CSV is always whole and readable.
+metric. Runs of a sweep may finish at the same time in several processes and on several machines (joblib,
+SLURM job arrays on a shared filesystem, where file locks are not to be trusted), so no run ever edits a
+file that another run writes, and nothing is locked:
+
+* each row is a file of its own, ``<csv>.rows/<time>-<host>-<pid>-<random>.row.json``, written whole
+  under a temporary name and renamed (:func:`qasa_vqa.storage.atomic_write_text`);
+* the CSV is then rebuilt from all the row files (oldest name first; the header is the union of the
+  columns in order of first appearance) into a temporary file whose name no other process can take
+  (host, pid, random), fsynced and renamed over the CSV, so a reader sees a whole CSV, old or new;
+* after its rename the run lists the row files again, and if they are not the ones it wrote from, it
+  rebuilds again. This converges on every row: whichever run renames last lists after every row file
+  that any run wrote before renaming, so its CSV holds them all (each listing opens the folder anew,
+  which NFS revalidates under its close-to-open consistency; a ``nocto`` mount would void this);
+* a CSV made before this scheme (no row folder yet) keeps its rows: the first append records them, once,
+  in ``<csv>.rows/pre-existing.json``, created with ``link`` so that of two first appends only one wins
+  (the winner read the CSV before any rebuild could replace it).
+
+Temporary files left by a killed run start with a dot and are never read. The row files are the record;
+the CSV is rebuilt from them (:func:`rebuild_csv`, also after deleting a row file or losing the CSV).
 
 :func:`summarise` gives mean, standard deviation and count over seeds per experiment, ablation and
 budget, and :func:`plot_budget_curve` draws a test metric against the number of labels with error bars
@@ -14,35 +29,153 @@ budget, and :func:`plot_budget_curve` draws a test metric against the number of 
 
 from __future__ import annotations
 
+import contextlib
 import csv
-import fcntl
+import io
+import json
 import math
 import os
+import time
 from collections.abc import Mapping, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from qasa_vqa.errors import QasaVqaError
-from qasa_vqa.storage import atomic_save
+from qasa_vqa.storage import atomic_save, atomic_write_bytes, atomic_write_text, fsync_dir, unique_name
 
-__all__ = ["RESULTS_CSV", "append_row", "plot_budget_curve", "read_rows", "summarise"]
+__all__ = [
+    "RESULTS_CSV",
+    "append_row",
+    "plot_budget_curve",
+    "read_rows",
+    "rebuild_csv",
+    "rows_folder",
+    "summarise",
+]
 
 RESULTS_CSV = "results.csv"
 _KEYS = ("experiment", "ablation", "n_labelled")
+_ROW_SUFFIX = ".row.json"
+_PRE_EXISTING = "pre-existing.json"
 
 
-@contextmanager
-def _locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+def rows_folder(path: str | Path) -> Path:
+    """The folder that holds the row files of the CSV at ``path`` (``<csv>.rows``)."""
+    path = Path(path)
+    return path.with_name(path.name + ".rows")
+
+
+def _unique() -> str:
+    """A row file's name part: the time first (rows sort oldest first), then what no other process takes."""
+    return f"{time.time_ns():020d}-{unique_name()}"
+
+
+def _create_once(path: Path, text: str) -> None:
+    """Create ``path`` holding ``text`` unless it exists; of concurrent callers exactly one creates it,
+    and nobody ever sees it partly written (a hard link of a finished file, atomic on NFS too)."""
+    temporary = path.with_name(f".{path.name}.{_unique()}.partial")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        pass
+    except OSError:  # a filesystem without hard links: whole file or nothing still holds with O_EXCL
+        with contextlib.suppress(FileExistsError):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                os.write(fd, text.encode("utf-8"))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    finally:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+    fsync_dir(path.parent)
+
+
+def _read_json(path: Path, attempts: int = 20) -> Any:
+    """A row file's JSON; one that does not parse is read again for a second (only a pre-existing.json
+    made through the O_EXCL fallback can be seen half-written), then reported."""
+    for _ in range(attempts - 1):
+        with contextlib.suppress(json.JSONDecodeError):
+            return json.loads(path.read_text(encoding="utf-8"))
+        time.sleep(0.05)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise QasaVqaError(f"{path}: not a whole JSON row file ({error}); move it away to go on") from None
+
+
+def _record_pre_existing(path: Path, folder: Path) -> None:
+    """Record, once, the rows the CSV held before its row folder existed (module docstring)."""
+    record = folder / _PRE_EXISTING
+    if record.exists():
+        return
+    header: list[str] = []
+    rows: list[dict[str, str]] = []
+    if path.is_file():
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            header = list(reader.fieldnames or [])
+            rows = [{k: v for k, v in row.items() if k is not None} for row in reader]
+    _create_once(record, json.dumps({"header": header, "rows": rows}))
+
+
+def _row_names(folder: Path) -> frozenset[str]:
+    with os.scandir(folder) as entries:
+        return frozenset(
+            e.name for e in entries if e.name.endswith(_ROW_SUFFIX) and not e.name.startswith(".")
+        )
+
+
+def _render(folder: Path, names: frozenset[str], cache: dict[str, Mapping[str, Any]] | None = None) -> str:
+    """The CSV text of the pre-existing rows and the row files ``names`` (oldest name first); ``cache``
+    keeps rows already read (a row file never changes), so a rebuild reads only the new ones."""
+    cache = {} if cache is None else cache
+    header: dict[str, None] = {}
+    rows: list[Mapping[str, Any]] = []
+    record = folder / _PRE_EXISTING
+    if record.is_file():
+        before = _read_json(record)
+        header |= dict.fromkeys(before["header"])
+        rows += before["rows"]
+    for name in sorted(names):
+        if name not in cache:
+            try:
+                cache[name] = _read_json(folder / name)
+            except FileNotFoundError:  # deleted since the listing; the next listing differs: we come back
+                continue
+        rows.append(cache[name])
+    for row in rows:
+        header |= dict.fromkeys(row)
+    text = io.StringIO()
+    if header:
+        writer = csv.DictWriter(text, fieldnames=list(header), restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    return text.getvalue()
+
+
+def rebuild_csv(path: str | Path) -> Path:
+    """Rewrite the CSV at ``path`` from its row files, again until the row files it was written from are
+    still all there are (module docstring); a CSV without a row folder first has its rows recorded."""
+    path = Path(path)
+    folder = rows_folder(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    _record_pre_existing(path, folder)
+    names = _row_names(folder)
+    cache: dict[str, Mapping[str, Any]] = {}
+    while True:
+        atomic_write_bytes(path, _render(folder, names, cache).encode("utf-8"))  # csv line ends as written
+        listed = _row_names(folder)
+        if listed == names:
+            return path
+        names = listed
 
 
 def read_rows(path: str | Path) -> list[dict[str, str]]:
@@ -55,31 +188,15 @@ def read_rows(path: str | Path) -> list[dict[str, str]]:
 
 
 def append_row(path: str | Path, row: Mapping[str, Any]) -> Path:
-    """Append ``row`` to the CSV at ``path`` under a lock (module docstring)."""
+    """Add ``row`` to the CSV at ``path``: write it as a row file of its own, then rebuild the CSV from
+    all row files (module docstring). Safe from any number of processes on any number of machines."""
     path = Path(path)
-    values = {k: ("" if v is None else v) for k, v in row.items()}
-    with _locked(path):
-        header: list[str] = []
-        if path.is_file() and path.stat().st_size:
-            with open(path, newline="", encoding="utf-8") as handle:
-                header = next(csv.reader(handle), [])
-        new = [k for k in values if k not in header]
-        if not new:
-            with open(path, "a", newline="", encoding="utf-8") as handle:
-                csv.DictWriter(handle, fieldnames=header).writerow(values)
-                handle.flush()
-                os.fsync(handle.fileno())
-            return path
-        rows = [*read_rows(path), values]
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(temporary, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=header + new, restval="")
-            writer.writeheader()
-            writer.writerows(rows)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    return path
+    folder = rows_folder(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    _record_pre_existing(path, folder)  # before this row exists, so the CSV read there is the old one
+    values = {str(k): ("" if v is None else v) for k, v in row.items()}
+    atomic_write_text(folder / f"{_unique()}{_ROW_SUFFIX}", json.dumps(values, default=str))
+    return rebuild_csv(path)
 
 
 def _number(text: Any) -> float:
