@@ -236,7 +236,7 @@ class QASASemiSupervisedModule(LightningModule):
             "train/loss_primary": losses["primary"].detach(),
             "train/loss_auxiliary": losses["auxiliary"].detach(),
         }
-        logged["train/lr_factor"] = torch.tensor(schedulers[0].get_last_lr()[0] / schedulers[0].base_lrs[0])
+        logged["train/lr_factor"] = schedulers[0].get_last_lr()[0] / schedulers[0].base_lrs[0]
         # under DDP the mean over ranks (global scope: every rank holds the same values already)
         self.log_dict(logged, batch_size=size, on_step=True, on_epoch=True, sync_dist=is_distributed())
         return total.detach()
