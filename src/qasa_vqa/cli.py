@@ -240,6 +240,7 @@ def _views(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from qasa_vqa.storage import atomic_save
     from qasa_vqa.video.preview import draw_views
     from qasa_vqa.video.writer import synthetic_frames, write_video
 
@@ -247,9 +248,8 @@ def _demo(args: argparse.Namespace) -> int:
     clip = args.out / "sample_720p.mp4"
     if not clip.exists():
         print(f"writing a 720p sample clip to {clip} ...")
-        partial = clip.with_name(clip.stem + ".partial.mp4")
-        write_video(partial, synthetic_frames(96, 720, 1280, seed=args.seed), codec="h264", bframes=2)
-        partial.replace(clip)
+        frames = synthetic_frames(96, 720, 1280, seed=args.seed)
+        atomic_save(clip, lambda partial: write_video(partial, frames, codec="h264", bframes=2))
     picture = draw_views(clip, args.out / "views.png", seed=args.seed)
     print(f"wrote {picture}: the source frame with T' (green) and T'' (magenta) patches, the two fragment")
     print("views, the resized view S and the sparse view S^F, exactly as training samples them.")

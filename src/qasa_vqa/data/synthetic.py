@@ -54,6 +54,7 @@ import shutil
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
+from functools import partial
 from importlib.resources import files
 from multiprocessing import get_context
 from pathlib import Path
@@ -68,6 +69,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedCo
 from scipy import ndimage
 
 from qasa_vqa.errors import QasaVqaError
+from qasa_vqa.storage import atomic_save, atomic_write_text
 from qasa_vqa.video.reader import read_frames
 from qasa_vqa.video.writer import synthetic_frames, write_video
 
@@ -297,12 +299,9 @@ def distort(
 
 
 def _encode(path: Path, frames: np.ndarray, fps: int, crf: float) -> None:
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    try:
-        write_video(tmp, frames, codec="h264", fps=fps, options=_X264 | {"crf": f"{crf:g}"})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_save(
+        path, lambda tmp: write_video(tmp, frames, codec="h264", fps=fps, options=_X264 | {"crf": f"{crf:g}"})
+    )
 
 
 def write_clip(
@@ -395,9 +394,7 @@ def _run_tasks(tasks: list[tuple], workers: int, progress: bool) -> dict[str, di
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def _load_json(path: Path) -> dict[str, Any] | None:
@@ -490,10 +487,9 @@ def _build_tree(out: Path, names: list[str], workers: int, progress: bool) -> No
     subset = out / "pristine-subset"
     subset.mkdir(exist_ok=True)
     for name in names:
-        target, tmp = subset / f"{name}.mp4", subset / f".{name}.tmp.mp4"
+        target = subset / f"{name}.mp4"
         if not target.exists():
-            shutil.copyfile(out / "pristine" / f"{name}.mp4", tmp)
-            os.replace(tmp, target)
+            atomic_save(target, partial(shutil.copyfile, out / "pristine" / f"{name}.mp4"))
     report = synthesize_tree(subset, out / "tree", workers=workers, progress=progress)
     if report.failed:
         first = report.failed[0]

@@ -45,6 +45,7 @@ from qasa_vqa.models.clip_quality import (
     get_clip_tokenizer,
 )
 from qasa_vqa.models.clip_weights import read_clip_file, read_clip_header, resolve_weights, write_clip_file
+from qasa_vqa.storage import atomic_save
 
 __all__ = [
     "DEMO_MODEL_NAME",
@@ -107,8 +108,7 @@ def _preview(pool: PairPool, path: Path, count: int = 12) -> Path:
                 )
             for i, line in enumerate(lines[:4]):
                 draw.text((x + 2, y + tile + 2 + 13 * i), line, fill="black")
-    canvas.save(path)
-    return path
+    return atomic_save(path, canvas.save)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import io
 import math
 import time
 from collections.abc import Callable
@@ -41,6 +42,7 @@ from torch import nn
 
 from qasa_vqa.democlip.pairs import PairPool
 from qasa_vqa.models.clip_quality import LOCAL_CLIP_CONFIGS
+from qasa_vqa.storage import atomic_write_bytes
 from qasa_vqa.video.fragments import normalise
 
 __all__ = [
@@ -226,8 +228,9 @@ def train_demo_clip(
             if on_step is not None:
                 on_step(step + 1, model)
     if log_path is not None:
-        with open(log_path, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(history[0]))
-            writer.writeheader()
-            writer.writerows(history)
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+        atomic_write_bytes(log_path, text.getvalue().encode("utf-8"))
     return TrainResult(model.eval(), total, time.perf_counter() - started, history)

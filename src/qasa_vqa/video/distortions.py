@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import io
 import itertools
 import json
 import os
@@ -61,6 +62,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from qasa_vqa.errors import QasaVqaError, VideoDecodeError
+from qasa_vqa.storage import atomic_save, atomic_write_bytes
 from qasa_vqa.video.reader import VIDEO_SUFFIXES, VideoInfo, probe
 
 __all__ = [
@@ -199,7 +201,8 @@ def distort_video(
 ) -> Path:
     """Write version ``version`` (0..12, :data:`DISTORTIONS`) of ``source`` to ``dest``; return ``dest``.
 
-    ``dest`` appears only when complete (written as ``.<name>.<pid>.partial<ext>``, then renamed).
+    ``dest`` appears only when complete (:func:`qasa_vqa.storage.atomic_save`: a ``.<name>.<unique>.partial<ext>``
+    file, renamed; stale ones of killed runs are removed first).
     ``minterpolate`` holds the filter options of versions 10-12 (``None``: linear blend instead).
     Raises :class:`VideoDecodeError` naming ``source`` when it cannot be decoded.
     """
@@ -209,19 +212,19 @@ def distort_video(
     dest.parent.mkdir(parents=True, exist_ok=True)
     for stale in dest.parent.glob(f".{glob.escape(dest.name)}.*.partial{glob.escape(dest.suffix)}"):
         stale.unlink(missing_ok=True)
-    partial = dest.with_name(f".{dest.name}.{os.getpid()}.partial{dest.suffix}")
-    try:
+
+    def write(partial: Path) -> None:
         if spec.kind == "reference":
             shutil.copyfile(source, partial)
         else:
             _write_distorted(source, partial, info, spec, minterpolate)
-        os.replace(partial, dest)
+
+    try:
+        atomic_save(dest, write)
     except av.FFmpegError as error:  # decoding errors are VideoDecodeErrors already
         raise QasaVqaError(
             f"{dest}: encoding {spec.name} failed ({getattr(error, 'strerror', error)})"
         ) from error
-    finally:
-        partial.unlink(missing_ok=True)
     return dest
 
 
@@ -487,10 +490,8 @@ def _write_manifest(out_dir: Path, rows: list[dict[str, Any]]) -> Path:
                 r for r in csv.DictReader(handle) if r["path"] not in done and (out_dir / r["path"]).exists()
             ]
     rows.sort(key=lambda r: (int(r["version"]), r["source"]))
-    partial = manifest.with_name(f".{MANIFEST_NAME}.{os.getpid()}.partial")
-    with partial.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(partial, manifest)
-    return manifest
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return atomic_write_bytes(manifest, text.getvalue().encode("utf-8"))

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from qasa_vqa.storage import atomic_save
 from qasa_vqa.video.fragments import IMAGENET_MEAN, IMAGENET_STD, FragmentLayout, make_views
 from qasa_vqa.video.reader import probe, read_frames
 from qasa_vqa.video.sampling import fragment_frame_indices
@@ -88,9 +89,7 @@ def draw_views(
         tile = _to_image(views["resize_a"][column].permute(1, 2, 0)).resize((sparse_tile, sparse_tile))
         canvas.paste(tile, (_LABEL_WIDTH + column * (sparse_tile + 2), y))
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(out_path)
-    return out_path
+    return atomic_save(out_path, canvas.save)
 
 
 def _to_image(normalised_hwc: torch.Tensor) -> Image.Image:
