@@ -11,6 +11,7 @@ from qasa_vqa.video.fragments import (
     CLIP_MEAN,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    IncrementalTestViews,
     apply_fragments,
     fragment_layout,
     make_test_views,
@@ -185,3 +186,31 @@ def test_make_test_views_shapes_and_determinism() -> None:
     assert views["frag"].shape == (3, 64, 224, 224) and views["resize"].shape == (64, 3, 224, 224)
     again = make_test_views(frames, centre=True)
     assert torch.equal(views["frag"], again["frag"])
+
+
+@pytest.mark.parametrize("antialias", [False, True])
+@pytest.mark.parametrize("centre", [True, False])
+def test_view_builder_frame_by_frame_equals_make_test_views(centre: bool, antialias: bool) -> None:
+    frames = np.random.default_rng(3).integers(0, 256, size=(10, 240, 330, 3), dtype=np.uint8)
+    options = {"grid": 7, "patch": 32, "aligned": 4, "size": 96, "antialias": antialias, "centre": centre}
+    expected = make_test_views(frames, generator=torch.Generator().manual_seed(5), **options)
+    builder = IncrementalTestViews(240, 330, 10, generator=torch.Generator().manual_seed(5), **options)
+    for t in reversed(range(10)):  # any order: frames arrive in decode order
+        builder.add(t, frames[t])
+    views, layout, shape = builder.views(return_layout=True)
+    assert views.keys() == expected.keys() == {"frag", "resize"}
+    for part in views:
+        assert torch.equal(views[part], expected[part]), part
+    assert shape == (240, 330) and layout.top.shape == (3, 7, 7)  # ceil(10 / 4) offset sets
+
+
+def test_view_builder_refuses_what_it_cannot_build() -> None:
+    assert not IncrementalTestViews.fits(200, 400) and IncrementalTestViews.fits(224, 224)
+    with pytest.raises(ValueError, match="upsampling"):
+        IncrementalTestViews(200, 400, 4, centre=True)
+    builder = IncrementalTestViews(224, 224, 2, centre=True, parts=("resize",))
+    builder.add(0, np.zeros((224, 224, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"frames \[1\] were never added"):
+        builder.views()
+    with pytest.raises(ValueError, match="expected uint8"):
+        builder.add(1, np.zeros((224, 225, 3), np.uint8))

@@ -26,6 +26,8 @@ Ported from the QASA-VQA paper (ICASSP 2025) as specified in docs/method.md sect
   models; CLIP's statistics are an option.
 
 Everything crops before converting to float, so a 1080p clip costs little more than its output.
+:class:`IncrementalTestViews` makes the inference views one decoded frame at a time, identical to
+:func:`make_test_views`, so that scoring a 4K video never holds more than one source frame.
 Random offsets come only from the ``torch.Generator`` passed in; ``centre=True`` gives deterministic
 offsets in the middle of each range.
 """
@@ -45,6 +47,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "FragmentLayout",
+    "IncrementalTestViews",
     "View",
     "apply_fragments",
     "fragment_layout",
@@ -369,3 +372,96 @@ def make_test_views(
         assert layout is not None
         return views, layout, upsampled
     return views
+
+
+class IncrementalTestViews:
+    """:func:`make_test_views` fed one frame at a time: the same views, bit for bit, while the caller holds
+    one source frame instead of all of them (64 frames of a 4K video are 1.6 GB).
+
+    ``height`` x ``width`` is the frame size (each side at least ``grid * patch``: smaller videos are
+    upsampled as a whole by :func:`make_test_views`; :meth:`fits` tells), ``num_frames`` the number of
+    views' frames. The fragment layout is drawn at construction exactly as :func:`make_test_views` draws
+    it (same ``generator`` use). :meth:`add` takes frame ``t`` (``[H, W, 3]`` uint8); :meth:`views`
+    returns the views once every frame was added, plus the layout and the frame size when
+    ``return_layout``.
+    """
+
+    def __init__(
+        self,
+        height: int,
+        width: int,
+        num_frames: int,
+        *,
+        generator: torch.Generator | None = None,
+        centre: bool = False,
+        grid: int = 7,
+        patch: int = 32,
+        aligned: int = 32,
+        size: int = 224,
+        antialias: bool = False,
+        fragment_stats: Stats = "imagenet",
+        resize_stats: Stats = "imagenet",
+        parts: tuple[str, ...] = ("frag", "resize"),
+    ) -> None:
+        unknown = set(parts) - {"frag", "resize"}
+        if unknown or not parts:
+            raise ValueError(f"parts must be a non-empty subset of ('frag', 'resize'), got {parts!r}")
+        if not self.fits(height, width, grid=grid, patch=patch):
+            raise ValueError(f"a {height}x{width} video needs upsampling: use make_test_views")
+        self.shape, self.parts, self.size, self.antialias = (height, width), tuple(parts), size, antialias
+        self.stats = {"frag": fragment_stats, "resize": resize_stats}
+        self.layout: FragmentLayout | None = None
+        self.frag: torch.Tensor | None = None
+        self.resize: torch.Tensor | None = None
+        if "frag" in parts:
+            self.layout = fragment_layout(
+                height, width, num_frames, view="full", grid=grid, patch=patch, aligned=aligned,
+                generator=generator, centre=centre,
+            )  # fmt: skip
+            self.frag = torch.empty((3, num_frames, grid * patch, grid * patch), dtype=torch.uint8)
+        if "resize" in parts:
+            self.resize = torch.empty((num_frames, 3, size, size), dtype=torch.float32)
+        self.added = torch.zeros(num_frames, dtype=torch.bool)
+
+    @staticmethod
+    def fits(height: int, width: int, *, grid: int = 7, patch: int = 32) -> bool:
+        """Whether a ``height x width`` video can be built frame by frame (no upsampling needed)."""
+        return min(height, width) >= grid * patch
+
+    def add(self, t: int, frame: np.ndarray | torch.Tensor) -> None:
+        """Cut frame ``t``'s patches and resize it (``frame``: ``[H, W, 3]`` uint8, the frame size given)."""
+        tensor = torch.from_numpy(np.asarray(frame)) if not isinstance(frame, torch.Tensor) else frame
+        if tuple(tensor.shape) != (*self.shape, 3) or tensor.dtype != torch.uint8:
+            raise ValueError(
+                f"frame {t}: expected uint8 {(*self.shape, 3)}, got {tensor.dtype} {tuple(tensor.shape)}"
+            )
+        if self.layout is not None and self.frag is not None:
+            chunk = t // self.layout.aligned
+            one = FragmentLayout(
+                top=self.layout.top[chunk : chunk + 1],
+                left=self.layout.left[chunk : chunk + 1],
+                patch=self.layout.patch,
+                aligned=1,
+            )
+            self.frag[:, t] = apply_fragments(tensor.permute(2, 0, 1)[:, None], one)[:, 0]
+        if self.resize is not None:
+            self.resize[t] = resize_frames(tensor[None], self.size, antialias=self.antialias)[0]
+        self.added[t] = True
+
+    def views(
+        self, *, return_layout: bool = False
+    ) -> dict[str, torch.Tensor] | tuple[dict[str, torch.Tensor], FragmentLayout, tuple[int, int]]:
+        """The views (as :func:`make_test_views` returns them); every frame must have been added."""
+        missing = (~self.added).nonzero().flatten().tolist()
+        if missing:
+            raise ValueError(f"frames {missing[:8]} were never added")
+        views = {}
+        if self.frag is not None:
+            views["frag"] = normalise(self.frag, self.stats["frag"], channel_dim=0)
+        if self.resize is not None:
+            views["resize"] = normalise(self.resize, self.stats["resize"], channel_dim=1)
+        if return_layout:
+            if self.layout is None:
+                raise ValueError("return_layout needs the 'frag' part")
+            return views, self.layout, self.shape
+        return views
