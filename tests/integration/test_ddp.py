@@ -93,9 +93,11 @@ def test_global_plcc_equals_one_process_on_the_concatenated_batch(runs: dict) ->
     grads = runs["tensors"][("rank0", "global")]["grads"]
     reference = runs["tensors"][("single", "global")]["grads"]
     assert grads.keys() == reference.keys() and len(grads) > 10
+    # float noise is measured against the largest gradient: some parameters' true gradient is 0 (PLCC ignores
+    # the score's offset, so the last bias's gradient is rounding noise in both runs)
+    overall = max(g.abs().max().item() for g in reference.values())
     for key, value in grads.items():
-        scale = reference[key].abs().max().item()
-        torch.testing.assert_close(value, reference[key], rtol=1e-3, atol=1e-4 * scale + 1e-9, msg=key)
+        torch.testing.assert_close(value, reference[key], rtol=1e-3, atol=1e-5 * overall, msg=key)
     # per-rank PLCC is a different statistic: its first step already differs from the global one
     per_rank = runs["records"]["rank0"]["rank"][0]
     assert abs(per_rank["eps_h"] - single[0]["eps_h"]) > 1e-3
