@@ -4,7 +4,9 @@ Decoding dominates the wall time of NR-VQA (FAST-VQA's own measurements), so :fu
 little as it can while returning exactly the frames a full sequential decode would give:
 
 * :func:`probe` demuxes the file once (no decoding beyond the first frame) and records every frame's
-  presentation timestamp and the keyframe positions. Frame ``i`` is the frame with the ``i``-th
+  presentation timestamp and the keyframe positions. The first keyframe is drained out of the decoder
+  at once rather than after the frames its reordering delay waits for, and files are opened without
+  the frame decode of FFmpeg's stream analysis (the container header has what the reader needs). Frame ``i`` is the frame with the ``i``-th
   smallest timestamp, which is the ``i``-th frame that a sequential decode outputs.
 * :func:`read_frames` plans the decode with a cost model counted in decoded frames: it decodes
   sequentially from the start and stops after the last wanted frame, except where jumping to the
@@ -14,6 +16,14 @@ little as it can while returning exactly the frames a full sequential decode wou
   For codecs that mark non-reference frames (H.264, HEVC, MPEG-2/4), unwanted frames that no other
   frame references are not decoded at all (``skip_frame=NONREF`` per packet).
 * Rotation tags (display matrices written by phones) are applied so frames are upright.
+* Threads (``threads``): inside a DataLoader worker everything runs on the worker's one thread (many
+  workers share the cores; extra decoder threads there only add switching). A reader in the main
+  process decodes with FFmpeg's frame and slice threads, so one video comes back sooner: frame threads
+  are what speed up streams written with one slice per frame, as most encoders write them. Frames
+  below about 400x300 are too small to share and stay on one thread. FFmpeg hands
+  each packet's ``skip_frame`` to the thread that decodes it, and each run drains the decoder right
+  after its last wanted packet, so threading changes neither the frames nor which frames are decoded.
+  One colour converter serves the whole call.
 
 Containers whose packets lack unique timestamps (e.g. some AVI or raw streams) are read by counting
 decoded frames from the start, which is always exact but never seeks.
@@ -24,6 +34,8 @@ Every failure is a :class:`~qasa_vqa.errors.VideoDecodeError` that names the fil
 from __future__ import annotations
 
 import bisect
+import mmap
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -32,12 +44,26 @@ from typing import Literal
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from qasa_vqa.errors import VideoDecodeError
 
-__all__ = ["VIDEO_SUFFIXES", "Strategy", "VideoInfo", "plan_decode", "probe", "read_frames"]
+__all__ = [
+    "THREADED_MIN_PIXELS",
+    "VIDEO_SUFFIXES",
+    "Strategy",
+    "ThreadType",
+    "VideoInfo",
+    "decoder_threads",
+    "plan_decode",
+    "probe",
+    "read_frames",
+]
 
 Strategy = Literal["auto", "sequential", "seek"]
+ThreadType = Literal["auto", "frame", "slice"]
+
+_THREAD_TYPES = {"auto": "AUTO", "frame": "FRAME", "slice": "SLICE"}
 
 # File name endings taken for videos when a folder is searched (synth, distortion trees, scoring).
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".mpg", ".mpeg", ".m4v", ".ts")
@@ -51,6 +77,22 @@ _INDEXED_FORMATS = ("mov", "mp4", "matroska", "webm", "avi")
 # (H.264/HEVC nal_ref_idc / sub-layer non-reference pictures, MPEG B-frames). AV1 and VP9 can show a
 # hidden or earlier frame later, so they are always decoded in full.
 _NONREF_SKIP_CODECS = frozenset({"h264", "hevc", "mpeg2video", "mpeg4"})
+
+# Opening a file runs FFmpeg's stream analysis, which decodes the first frame only to learn codec
+# parameters: for indexed containers the header already holds the size and timing, and the decoder
+# works out the pixel format itself when it decodes. Skipping that decode saves a keyframe decode per
+# open (about 20 ms at 1080p, 70 ms at 4K; the reader opens a file twice: probe, then decode). The
+# decoder itself is untouched (its own skip_frame stays at the default), so no frame changes. A file
+# whose header leaves the size unknown is opened again with the full analysis.
+_LIGHT_OPEN = {"skip_frame": "all"}
+
+# Frames smaller than this are decoded on one thread when read_frames picks the threads: a 320x240
+# frame decodes in about 0.15 ms, too little work to share (frame threads then cost a third more CPU
+# and return no sooner). From 640x360 on, frame threads return the frames sooner.
+THREADED_MIN_PIXELS = 400 * 300
+
+# NumPy's threshold for asking for transparent huge pages (see _frame_array).
+_HUGE_PAGE_ARRAY_BYTES = 4 << 20
 
 # What one keyframe seek costs, in decoded-frame equivalents (demuxer seek, decoder flush, and the
 # decoder's reordering delay refilling). Measured on 1080p H.264: a seek costs about as much as
@@ -110,6 +152,7 @@ def probe(path: str | Path) -> VideoInfo:
     path = _check_path(path)
     with _open(path) as container:
         stream = _video_stream(container, path)
+        stream.codec_context.thread_count = 1  # one frame is decoded: threads would only cost start-up
         codec = stream.codec_context.codec.canonical_name
         declared = stream.frames
         pts_list: list[int] = []
@@ -118,6 +161,7 @@ def probe(path: str | Path) -> VideoInfo:
         clean = True
         rotation: int | None = None
         first_error: str | None = None
+        drained = False
         try:
             for packet in container.demux(stream):
                 if packet.size == 0:
@@ -131,14 +175,18 @@ def probe(path: str | Path) -> VideoInfo:
                     pts_list.append(packet.pts)
                     if packet.is_keyframe:
                         keyframe_pts.append(packet.pts)
-                if rotation is None and first_error is None:
+                if rotation is None and first_error is None and not drained:
                     try:
-                        for frame in stream.decode(packet):
-                            rotation = _upright_rotation(frame)
-                            break
+                        frames = stream.decode(packet)
+                        if not frames and packet.is_keyframe:
+                            # A keyframe decodes on its own: drain it out now instead of also decoding
+                            # the frames after it that the decoder's reordering delay waits for.
+                            frames, drained = stream.decode(None), True
+                        if frames:
+                            rotation = _upright_rotation(frames[0])
                     except av.FFmpegError as error:
                         first_error = _reason(error)
-            if rotation is None and first_error is None and packets:
+            if rotation is None and first_error is None and packets and not drained:
                 for frame in stream.decode(None):
                     rotation = _upright_rotation(frame)
                     break
@@ -148,6 +196,8 @@ def probe(path: str | Path) -> VideoInfo:
             ) from error
         if packets == 0:
             raise VideoDecodeError(path, "contains no video frames")
+        if rotation is None and first_error is None and drained:
+            rotation, first_error = _first_frame_rotation(path)  # the keyframe alone showed nothing
         if rotation is None:
             reason = first_error or "no packet decoded to a frame"
             raise VideoDecodeError(path, f"corrupt data: the first frame cannot be decoded ({reason})")
@@ -219,6 +269,8 @@ def read_frames(
     upright: bool = True,
     strategy: Strategy = "auto",
     corrupt: Literal["raise", "keep"] = "raise",
+    threads: int | None = None,
+    thread_type: ThreadType = "auto",
 ) -> np.ndarray:
     """Decode the frames at ``indices`` and return them as uint8 RGB ``[len(indices), H, W, 3]``.
 
@@ -228,11 +280,24 @@ def read_frames(
     start, stop after the last wanted frame) or ``"seek"`` (always jump to the keyframe before each
     group of wanted frames); ``"auto"`` picks per group by the decoded-frame cost. A frame the decoder
     flags as corrupt raises, unless ``corrupt="keep"``.
+
+    ``threads`` is how many threads decode and convert: ``1`` runs everything on the calling thread,
+    ``0`` lets FFmpeg pick from the CPUs this process may use, ``None`` (default) is
+    :func:`decoder_threads`: 1 inside a DataLoader worker and for frames smaller than
+    ``THREADED_MIN_PIXELS`` (about 400x300), 0 elsewhere. ``thread_type`` says how the
+    decoder uses more than one thread: ``"frame"`` (several frames at once; works on every stream),
+    ``"slice"`` (the slices of one frame; only streams written with several slices per frame gain) or
+    ``"auto"`` (frame threads where the codec has them, else slice threads). The frames are the same
+    whatever the threads.
     """
     if strategy not in ("auto", "sequential", "seek"):
         raise ValueError(f"strategy must be 'auto', 'sequential' or 'seek', got {strategy!r}")
+    if thread_type not in _THREAD_TYPES:
+        raise ValueError(f"thread_type must be 'auto', 'frame' or 'slice', got {thread_type!r}")
+    decoder_threads(threads)  # refuse a bad count before any work
     path = Path(path)
     info = info or probe(path)
+    threads = decoder_threads(threads, pixels=info.width * info.height)
     wanted_array = _check_indices(path, indices, info.num_frames)
     height, width = (info.display_height, info.display_width) if upright else (info.height, info.width)
     if wanted_array.size == 0:
@@ -248,11 +313,12 @@ def read_frames(
         ]
     else:
         runs = [_Run(None, tuple(unique))]
-    out = np.empty((wanted_array.size, height, width, 3), dtype=np.uint8)
+    out = _frame_array((wanted_array.size, height, width, 3))
     turns = (info.rotation // 90) if upright else 0
+    converter = VideoReformatter()  # one colour converter for every frame, not one per frame
 
     def store(index: int, frame: av.VideoFrame) -> None:
-        rgb = frame.to_ndarray(format="rgb24")
+        rgb = converter.reformat(frame, format="rgb24", threads=threads).to_ndarray()
         if rgb.shape[:2] != (info.height, info.width):
             raise VideoDecodeError(
                 path,
@@ -262,16 +328,68 @@ def read_frames(
         for position in positions[index]:
             out[position] = np.rot90(rgb, k=turns) if turns else rgb
 
-    _decode_runs(path, info, runs, corrupt, store)
+    _decode_runs(path, info, runs, corrupt, store, _Threads(threads, _THREAD_TYPES[thread_type]))
     return out
+
+
+def decoder_threads(threads: int | None = None, *, pixels: int | None = None) -> int:
+    """The thread count :func:`read_frames` uses for ``threads`` on frames of ``pixels`` pixels.
+
+    ``None`` gives 1 in a DataLoader worker and for frames smaller than ``THREADED_MIN_PIXELS``,
+    else 0: FFmpeg's choice from the CPUs this process may use. An explicit count is returned as it
+    is; a negative one raises ``ValueError``.
+    """
+    if threads is None:
+        small = pixels is not None and pixels < THREADED_MIN_PIXELS
+        return 1 if small or _in_loader_worker() else 0
+    if isinstance(threads, bool) or not isinstance(threads, int | np.integer) or threads < 0:
+        raise ValueError(f"threads must be None or an integer >= 0, got {threads!r}")
+    return int(threads)
 
 
 # --------------------------------------------------------------------------------------------------
 # internals
 
 
+@dataclass(frozen=True)
+class _Threads:
+    """How the decoder threads: ``count`` for ``AVCodecContext.thread_count`` (0: FFmpeg's choice),
+    ``kind`` a PyAV thread type name."""
+
+    count: int = 1
+    kind: str = "AUTO"
+
+
+def _frame_array(shape: tuple[int, int, int, int]) -> np.ndarray:
+    """An uninitialised uint8 array for the output frames, in ordinary 4 KiB pages.
+
+    NumPy asks the kernel for transparent huge pages for any array of 4 MiB or more. On virtual
+    machines that hand freed memory back to the host (balloon free-page reporting, as on this
+    project's machines) a huge page touched again after other work is slow to fault in: a 4K read of
+    32 frames spent a median 0.8-1.5 s in the kernel with huge pages (0.2 s at best, back to back)
+    against 0.4-0.5 s with 4 KiB pages, every time. An anonymous private mapping gets ordinary pages;
+    it is unmapped when the array is freed.
+    """
+    size = int(np.prod(shape))
+    if size < _HUGE_PAGE_ARRAY_BYTES:
+        return np.empty(shape, dtype=np.uint8)
+    return np.frombuffer(mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE), dtype=np.uint8).reshape(shape)
+
+
+def _in_loader_worker() -> bool:
+    """True inside a PyTorch DataLoader worker process (torch is never imported just to ask)."""
+    data = sys.modules.get("torch.utils.data")
+    get_worker_info = getattr(data, "get_worker_info", None)
+    return get_worker_info is not None and get_worker_info() is not None
+
+
 def _decode_runs(
-    path: Path, info: VideoInfo, runs: list[_Run], corrupt: str, store: Callable[[int, av.VideoFrame], None]
+    path: Path,
+    info: VideoInfo,
+    runs: list[_Run],
+    corrupt: str,
+    store: Callable[[int, av.VideoFrame], None],
+    threads: _Threads = _Threads(),
 ) -> None:
     """Execute the planned runs, handing each target frame to ``store`` as soon as it is decoded.
 
@@ -285,19 +403,30 @@ def _decode_runs(
     skip_unwanted = wanted if info.codec in _NONREF_SKIP_CODECS else None
     with _open(path) as container:
         stream = _video_stream(container, path)
+        stream.codec_context.thread_count = threads.count
+        stream.codec_context.thread_type = threads.kind
         source: Iterator[tuple[int, av.VideoFrame]] | None = None
         for number, run in enumerate(runs):
             if run.seek_to is not None:
                 _seek(container, stream, path, info.frame_pts[run.seek_to])
                 source = None
             if source is None:
-                source = _indexed_frames(container, stream, path, pts_to_index, skip_unwanted)
+                # the targets this source serves: this run and the runs that continue it without a seek
+                following = runs[number + 1 :]
+                ends = next((k for k, later in enumerate(following) if later.seek_to is not None), None)
+                served = [run, *following[:ends]]
+                last_pts = (
+                    {info.frame_pts[i] for later in served for i in later.targets}
+                    if pts_to_index is not None
+                    else None
+                )
+                source = _indexed_frames(container, stream, path, pts_to_index, skip_unwanted, last_pts)
             if not _collect(source, run, done, path, corrupt, store):
                 if run.seek_to is None:
                     missing = next(index for index in run.targets if index not in done)
                     raise VideoDecodeError(path, f"the decoder skipped frame {missing}")
                 rest = tuple(i for later in runs[number:] for i in later.targets if i not in done)
-                _decode_runs(path, info, [_Run(None, rest)], corrupt, store)
+                _decode_runs(path, info, [_Run(None, rest)], corrupt, store, threads)
                 return
 
 
@@ -312,7 +441,8 @@ def _collect(
     """Store the run's targets (sorted) as ``source`` reaches them; False if one was passed over.
 
     After a seek to a keyframe, the first frame at or after it must be that keyframe: a seek that
-    lands later (imprecise demuxer) could hand over frames decoded without their references.
+    lands later (imprecise demuxer) could hand over frames decoded without their references. A seek
+    after which the stream ends before that keyframe comes out counts as one that landed late.
     """
     keyframe = run.seek_to
     targets = run.targets
@@ -334,6 +464,11 @@ def _collect(
         position += 1
         if position == len(targets):
             return True
+    if keyframe is not None:
+        # nothing came out at or after the keyframe sought: a random-access point that is not one for
+        # this decoder (e.g. an intra-refresh recovery point, whose frames stay hidden until the
+        # refresh completes). Like a late landing, this is answered by decoding from the start.
+        return False
     raise VideoDecodeError(
         path, f"truncated or corrupt data: frame {targets[position]} could not be decoded (the stream ended)"
     )
@@ -345,20 +480,35 @@ def _indexed_frames(
     path: Path,
     pts_to_index: dict[int, int] | None,
     wanted: set[int] | None = None,
+    last_pts: set[int] | None = None,
 ) -> Iterator[tuple[int, av.VideoFrame]]:
     """Yield ``(frame index, frame)`` from the current position, by timestamp or by counting.
 
     With ``wanted`` (and timestamps), packets of unwanted frames are decoded with
     ``skip_frame=NONREF``: a non-reference frame (e.g. most B-frames) that nobody asked for is not
     decoded at all. No other frame references it, so every other frame is decoded bit-identically.
+    With ``last_pts`` (and timestamps), the decoder is drained as soon as the packets of all those
+    frames are in: the frames it still holds back (B-frame reordering, frames in flight on other
+    threads) come out without decoding a single packet more.
     """
     context = stream.codec_context
     counter = 0
+    skipping = wanted is not None and pts_to_index is not None
+    skip = "DEFAULT"  # what the context holds now: it is only written when that changes
+    outstanding = set(last_pts) if last_pts is not None and pts_to_index is not None else None
     try:
         for packet in container.demux(stream):
-            if wanted is not None and pts_to_index is not None and packet.pts is not None:
-                context.skip_frame = "DEFAULT" if pts_to_index.get(packet.pts) in wanted else "NONREF"
-            for frame in stream.decode(packet):
+            pts = packet.pts
+            final = False
+            if pts is not None:
+                if skipping:
+                    needed = "DEFAULT" if pts_to_index.get(pts) in wanted else "NONREF"
+                    if needed != skip:
+                        context.skip_frame = skip = needed
+                if outstanding and pts in outstanding:
+                    outstanding.discard(pts)
+                    final = not outstanding
+            for frame in _decode(stream, packet, final):
                 if pts_to_index is None:
                     yield counter, frame
                     counter += 1
@@ -369,10 +519,20 @@ def _indexed_frames(
                         path, f"decoded a frame with timestamp {frame.pts} that the container does not list"
                     )
                 yield index, frame
+            if final:
+                return
     except av.FFmpegError as error:
         raise VideoDecodeError(path, f"truncated or corrupt data ({_reason(error)})") from error
     finally:
         context.skip_frame = "DEFAULT"
+
+
+def _decode(stream: av.video.stream.VideoStream, packet: av.Packet, drain: bool) -> list[av.VideoFrame]:
+    """The frames that decoding ``packet`` gives, and with ``drain`` every frame the decoder still holds."""
+    frames = stream.decode(packet)
+    if drain:
+        frames += stream.decode(None)
+    return frames
 
 
 def _seek(
@@ -395,11 +555,16 @@ def _check_path(path: str | Path) -> Path:
     return path
 
 
-def _open(path: Path) -> av.container.InputContainer:
+def _open(path: Path, *, light: bool = True) -> av.container.InputContainer:
+    """Open ``path``; ``light`` skips the frame decode of FFmpeg's stream analysis (see ``_LIGHT_OPEN``)."""
     try:
-        return av.open(str(path), mode="r")
+        container = av.open(str(path), mode="r", options=_LIGHT_OPEN if light else None)
     except av.FFmpegError as error:
         raise VideoDecodeError(path, f"not a readable video file ({_reason(error)})") from error
+    if light and any(not (s.codec_context and s.codec_context.width) for s in container.streams.video[:1]):
+        container.close()  # the header left the size to the decoder: analyse the usual way
+        return _open(path, light=False)
+    return container
 
 
 def _video_stream(container: av.container.InputContainer, path: Path) -> av.video.stream.VideoStream:
@@ -407,6 +572,20 @@ def _video_stream(container: av.container.InputContainer, path: Path) -> av.vide
         kinds = sorted({s.type for s in container.streams}) or ["none"]
         raise VideoDecodeError(path, f"has no video stream (streams: {', '.join(kinds)})")
     return container.streams.video[0]
+
+
+def _first_frame_rotation(path: Path) -> tuple[int | None, str | None]:
+    """Decode packets until the first frame comes out: ``(its rotation, None)``, or ``(None, reason)``."""
+    with _open(path) as container:
+        stream = _video_stream(container, path)
+        stream.codec_context.thread_count = 1
+        try:
+            for packet in container.demux(stream):  # its last packet is empty: the decoder is drained
+                for frame in stream.decode(packet):
+                    return _upright_rotation(frame), None
+        except av.FFmpegError as error:
+            return None, _reason(error)
+    return None, None
 
 
 def _upright_rotation(frame: av.VideoFrame) -> int:
