@@ -37,7 +37,7 @@ from rich.progress import Progress
 from qasa_vqa.calibration import Calibration
 from qasa_vqa.data.datamodules import ManifestSource
 from qasa_vqa.errors import QasaVqaError
-from qasa_vqa.lit.run import exit_on_error
+from qasa_vqa.lit.run import exit_on_error, root_hint
 from qasa_vqa.metrics import fit_logistic, quality_metrics
 from qasa_vqa.reports import metrics_table, scatter_plot
 from qasa_vqa.scoring import Scorer, ScoreSettings, load_scorer, scorer_from_model, view_spec
@@ -63,6 +63,18 @@ def resolve_test_sets(cfg: DictConfig) -> dict[str, ManifestSource]:
             "with +test_sets.NAME.manifest=PATH"
         )
     return sets
+
+
+def _check_label_files(cfg: DictConfig, sets: dict[str, ManifestSource]) -> None:
+    """Every test set's label file exists, before any model is loaded; else one message naming each
+    missing one and the data root (and environment variable) it was looked for under."""
+    missing = [
+        f"  {name}: {source.manifest}{root_hint(cfg, source.manifest)}"
+        for name, source in sets.items()
+        if not Path(str(source.manifest)).is_file()
+    ]
+    if missing:
+        raise QasaVqaError("no label file for the test set(s):\n" + "\n".join(missing))
 
 
 def build_scorer(cfg: DictConfig) -> tuple[Scorer, str]:
@@ -106,6 +118,7 @@ def _write_predictions(path: Path, rows: list[dict[str, Any]]) -> None:
 def evaluate(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     """Run the evaluation of ``cfg`` into ``output_dir``; returns ``{set: {branch: metrics}}`` and paths."""
     sets = resolve_test_sets(cfg)
+    _check_label_files(cfg, sets)
     scorer, model_name = build_scorer(cfg)
     branches = [b for b in ("qasa", "stvqrl", "clip") if b in scorer.branches]
     calibrated = {"score": branches[0], "stvqrl": "stvqrl", "clip": "clip"}.get(cfg.calibrate)

@@ -24,14 +24,21 @@ the entries whose video is missing. Formats (``format=`` name, detected automati
 ``plain_csv``
     Our own: ``path,mos[,split][,std]``; ``mos`` may be empty for unlabelled videos.
 
-Paths stay as written in the file (normalised to forward slashes); an absolute path or one that leaves
-the root through ``..`` is rejected with the file and line named. Nothing here decodes video.
+Paths stay as written in the file (normalised to forward slashes). Every entry must name a file inside
+the dataset root: an absolute path (``/etc/passwd``, ``C:\\x``, ``\\\\server\\share``), one that leaves
+the root through ``..`` (``../../etc/passwd``, ``a/../../b``) or one holding control characters is refused
+with the file and line (or JSON entry) named, and the whole file with it: a label file that points
+outside its root is not half-used. The check is on the path as written, so symbolic links *inside* the
+root are followed wherever they point: whoever can write the root chose them (datasets are often
+assembled from links into other disks), while a label file, which may come from anywhere, cannot
+reach outside. Nothing here decodes video.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import logging
 import math
@@ -42,6 +49,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Literal
 
 from qasa_vqa.errors import QasaVqaError
+from qasa_vqa.storage import atomic_write_bytes
 
 __all__ = [
     "DATASET_SCALES",
@@ -52,6 +60,7 @@ __all__ = [
     "detect_format",
     "normalise_mos",
     "read_manifest",
+    "safe_relative_path",
     "write_plain_csv",
 ]
 
@@ -140,8 +149,9 @@ class Manifest:
         return replace(self, records=records, subset=name)
 
     def resolve(self, record: VideoRecord) -> Path:
-        """The file of ``record`` under the root (the manifest's folder when no root was given)."""
-        return (self.root or self.source.parent) / record.path
+        """The file of ``record`` under the root (the manifest's folder when no root was given); a record
+        made elsewhere whose path would leave the root is refused (module docstring)."""
+        return (self.root or self.source.parent) / safe_relative_path(record.path, str(self.source))
 
 
 def normalise_mos(mos: float, scale: tuple[float, float]) -> float:
@@ -251,15 +261,14 @@ def detect_format(path: str | Path, text: str | None = None) -> str:
 
 
 def write_plain_csv(path: str | Path, records: Sequence[VideoRecord], *, fields: Sequence[str] = ()) -> Path:
-    """Write ``records`` as a plain CSV (``path,mos`` plus the named ``extra`` fields)."""
-    path = Path(path)
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["path", "mos", *fields])
-        for record in records:
-            mos = "" if record.mos is None else repr(float(record.mos))
-            writer.writerow([record.path, mos, *(record.extra.get(name, "") for name in fields)])
-    return path
+    """Write ``records`` as a plain CSV (``path,mos`` plus the named ``extra`` fields), atomically."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["path", "mos", *fields])
+    for record in records:
+        mos = "" if record.mos is None else repr(float(record.mos))
+        writer.writerow([record.path, mos, *(record.extra.get(name, "") for name in fields)])
+    return atomic_write_bytes(path, buffer.getvalue().encode("utf-8"))  # line ends exactly as written
 
 
 # -- readers -------------------------------------------------------------------------------------
@@ -373,18 +382,28 @@ def _load_json_list(path: Path, text: str) -> list[Any]:
 
 
 def _record(raw_path: str, mos: float | None, where: str, extra: dict[str, Any]) -> VideoRecord:
-    return VideoRecord(path=_safe_relative(raw_path, where), mos=mos, extra=extra)
+    return VideoRecord(path=safe_relative_path(raw_path, where), mos=mos, extra=extra)
 
 
-def _safe_relative(raw_path: str, where: str) -> str:
+def safe_relative_path(raw_path: str, where: str) -> str:
+    """``raw_path`` normalised (forward slashes, no ``.`` or inner ``..``) if it names a file inside the
+    root; otherwise a :class:`ManifestError` that starts with ``where`` (the file and line)."""
     text = raw_path.strip().replace("\\", "/")
     if not text:
         raise ManifestError(f"{where}: empty video path")
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise ManifestError(f"{where}: video path {raw_path!r} holds control characters")
     if PurePosixPath(text).is_absolute() or PureWindowsPath(raw_path.strip()).drive:
-        raise ManifestError(f"{where}: absolute video path {raw_path!r}; paths must be relative to the root")
+        raise ManifestError(
+            f"{where}: absolute video path {raw_path!r} refused; paths must be relative to the dataset root"
+        )
     normal = posixpath.normpath(text)
     if normal == ".." or normal.startswith("../"):
-        raise ManifestError(f"{where}: video path {raw_path!r} leaves the dataset root")
+        raise ManifestError(
+            f"{where}: video path {raw_path!r} leaves the dataset root (refused: entries must stay inside it)"
+        )
+    if normal == ".":
+        raise ManifestError(f"{where}: video path {raw_path!r} names the dataset root itself, not a video")
     return normal
 
 

@@ -17,7 +17,6 @@ A QASA-VQA experiment is defined by its labelled / unlabelled sets (docs/method.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from qasa_vqa.data.manifests import Manifest, VideoRecord, read_manifest
+from qasa_vqa.data.manifests import Manifest, ManifestError, VideoRecord, read_manifest, safe_relative_path
 from qasa_vqa.errors import QasaVqaError
+from qasa_vqa.storage import atomic_write_text
 
 __all__ = [
     "STRATEGIES",
@@ -131,9 +131,11 @@ def budget_split(
         raise SplitError(f"n_unlabelled must be a whole number >= 0, got {n_unlabelled!r}")
     wanted = n_labelled + n_validation + n_unlabelled
     if wanted > total:
+        subset = f" (its split {manifest.subset!r})" if manifest.subset is not None else ""
         raise SplitError(
             f"{manifest.source}: a budget of {n_labelled} labelled + {n_validation} validation + "
-            f"{n_unlabelled} unlabelled = {wanted} videos exceeds the {total} in the manifest"
+            f"{n_unlabelled} unlabelled = {wanted} videos exceeds the {total} in the manifest{subset}; "
+            "lower n_labelled, n_validation or n_unlabelled (data.n_* in the training config)"
         )
     rng = np.random.default_rng(seed)
     remaining = np.arange(total)
@@ -188,11 +190,7 @@ def write_split_file(split: Split, path: str | Path) -> Path:
         **{name: [_entry(record) for record in getattr(split, name)] for name in _SETS},
     }
     text = json.dumps(payload, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
-    return path
+    return atomic_write_text(path, text)
 
 
 def read_split_file(path: str | Path) -> Split:
@@ -215,9 +213,18 @@ def read_split_file(path: str | Path) -> Split:
         entries = payload.get(name, [])
         if not isinstance(entries, list) or not all(isinstance(e, dict) and "path" in e for e in entries):
             raise SplitError(f"{path}: {name!r} must be a list of {{'path', 'mos'}} objects")
-        sets[name] = tuple(
-            VideoRecord(str(e["path"]), None if e.get("mos") is None else float(e["mos"])) for e in entries
-        )
+        try:  # a split file edited by hand must not point outside the dataset root either
+            sets[name] = tuple(
+                VideoRecord(
+                    safe_relative_path(str(e["path"]), f"{path}: {name}[{i}]"),
+                    None if e.get("mos") is None else float(e["mos"]),
+                )
+                for i, e in enumerate(entries)
+            )
+        except ManifestError as error:
+            raise SplitError(str(error)) from None
+        except (TypeError, ValueError) as error:
+            raise SplitError(f"{path}: {name!r} holds a MOS that is not a number ({error})") from None
     try:
         return Split(inputs=payload.get("inputs", {}), **sets)
     except SplitError as error:

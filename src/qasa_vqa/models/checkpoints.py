@@ -1,6 +1,11 @@
 """Checkpoints: safe loading, the authors' official layouts, and our own format.
 
-Every file is read with ``torch.load(weights_only=True)``: nothing in a checkpoint can run code.
+Every file is read with ``torch.load(weights_only=True)`` (:func:`load_torch_file`, the project's only
+``torch.load``): nothing in a checkpoint can run code. A file that cannot be used is a
+:class:`CheckpointError` that starts with its path and says why: ``truncated or not a checkpoint``
+(empty, cut short, foreign bytes), ``refused to load`` (Python objects that could run code, named; nothing
+is unpickled), ``another architecture`` (the missing, unexpected and reshaped keys), or a damaged entry.
+Files are written with :func:`~qasa_vqa.storage.atomic_save`.
 Official layouts (docs/method.md sections 2.4 and 4.10, ``stvqrl_keys.txt``):
 
 * ST-VQRL: ``{'model': backbone state dict (193 keys, names ``layers.{i}.blocks.{j}...``), ...}``;
@@ -21,10 +26,11 @@ Our format: ``{'format': 'qasa-vqa', 'version': 1, 'kind': 'stvqrl-backbone' | '
 
 from __future__ import annotations
 
-import os
+import contextlib
 import pickle
 import re
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +51,7 @@ from qasa_vqa.models.clip_weights import strip_prefix
 from qasa_vqa.models.head import VQAHead
 from qasa_vqa.models.qasa import QASAModel, QualityRegressor
 from qasa_vqa.models.swin3d import VideoSwinBackbone
+from qasa_vqa.storage import atomic_save
 
 __all__ = [
     "FORMAT",
@@ -54,6 +61,7 @@ __all__ = [
     "load_qasa",
     "load_qasa_and_views",
     "load_stvqrl_backbone",
+    "load_torch_file",
     "official_to_ours",
     "ours_to_official",
     "read_checkpoint",
@@ -72,35 +80,63 @@ class CheckpointError(QasaVqaError):
 # -- reading and writing ---------------------------------------------------------------------------
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """``torch.load(path, map_location="cpu", weights_only=True)`` with readable errors."""
+def load_torch_file(path: str | Path, *, map_location: Any = "cpu", what: str = "checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)``: tensors and plain containers only, so nothing in the file
+    can run code. Every way the file can fail becomes a :class:`CheckpointError` naming it: missing,
+    empty or truncated, not a PyTorch file, or holding Python objects (refused, never unpickled).
+    ``what`` names the file's role in the messages ("checkpoint", "CLIP weights file", ...)."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found" if not path.exists() else f"{path}: not a file")
+        raise CheckpointError(f"{path}: {what} not found" if not path.exists() else f"{path}: not a file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: truncated or not a {what}: the file is empty (0 bytes)")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a pickle protocol torch does not write is refused below anyway
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except MemoryError:
+        raise
     except pickle.UnpicklingError as error:
-        reason = str(error).splitlines()[0] if str(error) else "unsupported content"
-        raise CheckpointError(
-            f"{path}: refused to load: it holds objects other than tensors and plain containers, which "
-            f"could run code (weights_only=True; {reason})"
-        ) from None
+        refused = _REFUSED_GLOBAL.search(str(error))
+        if refused is not None:
+            raise CheckpointError(
+                f"{path}: refused to load: the file holds Python objects that could run code when "
+                f"unpickled ({refused.group(1)}); only tensors and plain containers are read "
+                "(weights_only=True), so nothing in it was run"
+            ) from None
+        raise CheckpointError(f"{path}: truncated or not a {what} ({_reason(error)})") from None
     except Exception as error:  # damaged or foreign bytes fail in many ways inside the unpickler
         raise CheckpointError(
-            f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: {error})"
+            f"{path}: truncated or not a {what} (not a readable PyTorch checkpoint: {_reason(error)})"
         ) from None
+
+
+# what torch's weights-only unpickler says when a pickle names a callable it will not import
+_REFUSED_GLOBAL = re.compile(r"GLOBAL\s+([\w.]+)")
+
+
+def _reason(error: BaseException) -> str:
+    """The informative part of an unpickling error, on one line."""
+    text = str(error)
+    if "Weights only load failed" in text:  # keep the unpickler's own words, not the advice around them
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        text = next((line for line in lines if line.startswith(("Unsupported", "Trying"))), lines[-1])
+    text = text.split(". This is an internal miniz error")[0].splitlines()[0] if text else ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The dict stored in ``path``, read by :func:`load_torch_file` (weights only, readable errors)."""
+    path = Path(path)
+    payload = load_torch_file(path)
     if not isinstance(payload, dict):
         raise CheckpointError(f"{path}: expected a dict, found {type(payload).__name__}")
     return payload
 
 
 def _write(payload: Mapping[str, Any], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    torch.save(dict(payload), partial)
-    os.replace(partial, path)
-    return path
+    """``torch.save`` through :func:`~qasa_vqa.storage.atomic_save`: a kill never leaves half a file."""
+    return atomic_save(path, lambda partial: torch.save(dict(payload), partial))
 
 
 # -- key mapping -----------------------------------------------------------------------------------
@@ -146,7 +182,7 @@ def ours_to_official(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
 def _load_strict(module: nn.Module, state_dict: Mapping[str, Tensor], what: str, strict: bool) -> KeyReport:
     report = KeyReport.compare(module.state_dict(), state_dict)
     if strict and not report.ok:
-        raise CheckpointError(f"{what} does not fit the model: {report}")
+        raise CheckpointError(f"another architecture: {what} do not fit the model ({report})")
     reshaped = {key for key, _, _ in report.mismatched}
     module.load_state_dict({k: v for k, v in state_dict.items() if k not in reshaped}, strict=False)
     return report
@@ -160,6 +196,20 @@ def load_backbone_weights(
 
 
 # -- what a file holds -----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _interpreting(path: Path) -> Iterator[None]:
+    """Entries missing from, or of the wrong type in, a readable file: a damaged checkpoint, not a bug."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except QasaVqaError as error:  # e.g. prompt features of the wrong size, from a CLIP helper
+        raise CheckpointError(f"{path}: {error}") from None
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
+        detail = f"no entry {error}" if isinstance(error, KeyError) else f"{type(error).__name__}: {error}"
+        raise CheckpointError(f"{path}: a damaged or unsupported checkpoint ({detail})") from None
 
 
 def _kind(payload: Mapping[str, Any], path: Path) -> str:
@@ -208,8 +258,9 @@ def read_backbone_weights(path: str | Path) -> tuple[dict[str, Any], dict[str, T
     is ``{}`` (Video Swin-T) for the official files, which do not record one."""
     path = Path(path)
     payload = read_checkpoint(path)
-    architecture, weights = _backbone_from(payload, _kind(payload, path), path)
-    return dict(architecture), dict(weights)
+    with _interpreting(path):
+        architecture, weights = _backbone_from(payload, _kind(payload, path), path)
+        return dict(architecture), dict(weights)
 
 
 def load_stvqrl_backbone(
@@ -223,11 +274,17 @@ def load_stvqrl_backbone(
     """
     path = Path(path)
     stored, weights = read_backbone_weights(path)
-    backbone = VideoSwinBackbone(**(architecture if architecture is not None else stored))
+    with _interpreting(path):
+        backbone = VideoSwinBackbone(**(architecture if architecture is not None else stored))
     try:
         load_backbone_weights(backbone, weights, strict=strict)
     except CheckpointError as error:
-        raise CheckpointError(f"{path}: {error}") from None
+        assumed = ""
+        if not stored and architecture is None:
+            assumed = (
+                "; the file records no architecture, so Video Swin-T was assumed (pass architecture=...)"
+            )
+        raise CheckpointError(f"{path}: {error}{assumed}") from None
     return backbone.eval()
 
 
@@ -248,13 +305,16 @@ def load_qasa_and_views(
     checkpoints (``None`` for the authors' files and ours from before views were stored)."""
     path = Path(path)
     payload = read_checkpoint(path)
-    kind = _kind(payload, path)
-    if kind == "official-qasa":
-        model = _official_qasa(payload, path, strict)
-    elif kind == "qasa":
-        model = _our_qasa(payload, path, strict)
-    else:
-        raise CheckpointError(f"{path}: holds an ST-VQRL backbone only ({kind}); use load_stvqrl_backbone")
+    with _interpreting(path):
+        kind = _kind(payload, path)
+        if kind == "official-qasa":
+            model = _official_qasa(payload, path, strict)
+        elif kind == "qasa":
+            model = _our_qasa(payload, path, strict)
+        else:
+            raise CheckpointError(
+                f"{path}: holds an ST-VQRL backbone only ({kind}), not a QASA model; use load_stvqrl_backbone"
+            )
     if clip_text is not None:
         model.clip.set_prompt_features(
             load_prompt_features(clip_text, model.clip.prompts, _text_model(model))
@@ -277,7 +337,7 @@ def _official_qasa(payload: Mapping[str, Any], path: Path, strict: bool) -> QASA
         ).items()
     }
     try:
-        _load_strict(regressor, mapped, "'primary'", strict)
+        _load_strict(regressor, mapped, "the ST-VQRL weights ('primary', Video Swin-T assumed)", strict)
         clip = CLIPQuality(build_clip_visual(OPENAI_VIT_B32), model_name=OPENAI_VIT_B32)
         load_visual_official(clip, payload["auxillary"], strict=strict)
     except QasaVqaError as error:

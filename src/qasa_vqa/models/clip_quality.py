@@ -259,7 +259,9 @@ def _load_weights(model: nn.Module, path: Path, state_dict: Mapping[str, Tensor]
     state_dict = {k: v for k, v in state_dict.items() if k not in ignored}
     report = KeyReport.compare(persistent, state_dict)
     if not report.ok:
-        raise QasaVqaError(f"{path}: not a CLIP checkpoint of this architecture: {report}")
+        raise QasaVqaError(
+            f"{path}: not a CLIP checkpoint of this architecture: another architecture's weights ({report})"
+        )
     model.load_state_dict(state_dict, strict=True)
 
 
@@ -450,7 +452,7 @@ class KeyReport:
             parts.append(f"{len(self.unexpected)} unexpected: {listing(self.unexpected)}")
         if self.mismatched:
             shapes = [f"{k} expects {e} got {g}" for k, e, g in self.mismatched]
-            parts.append(f"{len(self.mismatched)} with other shapes: {listing(shapes)}")
+            parts.append(f"{len(self.mismatched)} with other shapes: {listing(shapes, 4)}")
         return "; ".join(parts)
 
 
@@ -479,7 +481,9 @@ def load_visual_official(
     visual = _visual_of(model)
     report = KeyReport.compare(visual.state_dict(), given)
     if strict and not report.ok:
-        raise QasaVqaError(f"the CLIP visual weights do not fit this visual tower: {report}")
+        raise QasaVqaError(
+            f"another architecture: the CLIP visual weights do not fit this visual tower ({report})"
+        )
     mismatched = {k for k, _, _ in report.mismatched}
     visual.load_state_dict(
         {k: v for k, v in given.items() if k not in mismatched and k not in report.unexpected}, strict=False

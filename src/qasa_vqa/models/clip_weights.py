@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from qasa_vqa.errors import QasaVqaError
+from qasa_vqa.storage import atomic_save
 
 __all__ = [
     "DEMO_TAG",
@@ -94,7 +95,7 @@ def read_clip_header(path: Path) -> ClipFileHeader | None:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
     except Exception as error:  # damaged or foreign bytes
-        raise QasaVqaError(f"{path}: not a readable safetensors file ({error})") from None
+        raise QasaVqaError(f"{path}: truncated or not a readable safetensors file ({error})") from None
     if metadata.get("format") != FILE_FORMAT:
         return None
     try:
@@ -118,8 +119,11 @@ def strip_prefix(state_dict: Mapping[str, Tensor], prefix: str) -> dict[str, Ten
 def _is_torchscript_archive(path: Path) -> bool:
     if not zipfile.is_zipfile(path):
         return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.rsplit("/", 1)[-1] == "constants.pkl" for name in archive.namelist())
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.rsplit("/", 1)[-1] == "constants.pkl" for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):  # damaged: torch.load then says what is wrong
+        return False
 
 
 def read_clip_file(path: Path) -> dict[str, Tensor]:
@@ -130,17 +134,21 @@ def read_clip_file(path: Path) -> dict[str, Tensor]:
         try:
             state_dict = load_file(str(path))
         except Exception as error:
-            raise QasaVqaError(f"{path}: not a readable safetensors file ({error})") from None
+            raise QasaVqaError(f"{path}: truncated or not a readable safetensors file ({error})") from None
     elif _is_torchscript_archive(path):
-        # OpenAI's released format; only the tensors are read, the scripted code is never run.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            state_dict = dict(torch.jit.load(str(path), map_location="cpu").state_dict())
-    else:
+        # OpenAI's released format, read by TorchScript's own loader: it builds TorchScript modules, never
+        # imports or calls Python objects named in the file; its forward code is never run.
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise QasaVqaError(f"{path}: cannot read a CLIP state dict ({err})") from err
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                state_dict = dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+        except Exception as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise QasaVqaError(f"{path}: truncated or not a CLIP TorchScript archive ({reason})") from None
+    else:
+        from qasa_vqa.models.checkpoints import load_torch_file  # imports this module: import when used
+
+        obj = load_torch_file(path, what="CLIP weights file")
         if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
             obj = obj["state_dict"]
         if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
@@ -159,11 +167,10 @@ def write_clip_file(
     provenance: Mapping[str, Any] | None = None,
     dtype: torch.dtype = torch.float16,
 ) -> Path:
-    """Write a full open_clip CLIP as a self-describing safetensors file (atomically)."""
+    """Write a full open_clip CLIP as a self-describing safetensors file (atomically:
+    :func:`~qasa_vqa.storage.atomic_save`)."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {
         k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).cpu().contiguous()
         for k, v in model.state_dict().items()
@@ -174,8 +181,9 @@ def write_clip_file(
         "open_clip_config": json.dumps(dict(config), sort_keys=True),
         "provenance": json.dumps(dict(provenance or {}), sort_keys=True),
     }
-    partial = path.with_name(f".{path.name}.partial")
-    save_file(tensors, str(partial), metadata=metadata)
-    partial.chmod(0o644)  # safetensors creates files readable by their owner only
-    os.replace(partial, path)
-    return path
+
+    def save(partial: Path) -> None:
+        save_file(tensors, str(partial), metadata=metadata)
+        partial.chmod(0o644)  # safetensors creates files readable by their owner only
+
+    return atomic_save(path, save)

@@ -55,13 +55,30 @@ def build_qasa_model(
                 "to start from random weights"
             )
         try:
-            _, weights = read_backbone_weights(path)
-        except CheckpointError as error:
-            raise QasaVqaError(f"{setting}={path}: {error}") from None
+            stored, weights = read_backbone_weights(path)
+        except CheckpointError as error:  # its message starts with the path
+            raise QasaVqaError(f"{setting}: {error}") from None
         report = load_backbone_weights(network, weights, strict=False)
         if report.missing or report.mismatched:  # extra keys are ignored, as the reference's strict=False
             raise QasaVqaError(
-                f"{setting}={path}: the checkpoint's backbone is not the configured one ({report}); "
-                "choose the model preset it was trained with"
+                f"{setting}={path}: another architecture: the checkpoint's backbone is not the configured "
+                f"one{_differences(stored, network.config)} ({report}); choose the model preset it was "
+                "trained with (model=tiny, model=stvqrl)"
             )
     return QASAModel(QualityRegressor(network, vqa_head), clip, score_scale=score_scale).train()
+
+
+def _differences(stored: Mapping[str, Any], configured: Mapping[str, Any]) -> str:
+    """`` (the file has embed_dim 24, the model 96; ...)`` for the architecture settings recorded in a
+    checkpoint (ours records them; the authors' files do not) that differ from the configured ones."""
+    shape_settings = ("embed_dim", "depths", "num_heads", "window_size", "patch_size", "mlp_ratio", "grpb")
+    differing = [
+        f"{key} {_plain(stored[key])} in the file, {_plain(configured[key])} configured"
+        for key in shape_settings
+        if key in stored and key in configured and _plain(stored[key]) != _plain(configured[key])
+    ]
+    return f": {'; '.join(differing)}" if differing else ""
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, list | tuple) else value
