@@ -13,7 +13,7 @@ PRETRAIN_ARGS ?=
 DEMO_CLIP_DIR ?= runs/demo-clip
 DEMO_CLIP_ARGS ?=
 
-.PHONY: help install test test-all lint format bench demo demo-views demo-data demo-clip pretrain clean
+.PHONY: help install test test-all test-faults lint format bench demo demo-views demo-data demo-clip pretrain clean
 
 help: ## List the commands
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -31,6 +31,9 @@ test: $(STAMP) ## Run the test suite (skips tests marked slow; see test-all)
 
 test-all: $(STAMP) ## Run every test, slow ones included
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-faults: $(STAMP) ## Run the whole fault suite (tests/faults, slow cases included): kills, bad data, bad numbers, bad files
+	$(PY) -m pytest tests/faults tests/unit/test_checkpoint_io.py $(PYTEST_ARGS)
 
 lint: $(STAMP) ## Check style and formatting with ruff
 	$(PY) -m ruff check src tests benchmarks

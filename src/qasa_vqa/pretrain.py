@@ -4,7 +4,8 @@ Configuration: ``conf/pretrain.yaml`` with the groups ``trainer`` (cpu, gpu, ddp
 offline, csv) and ``experiment`` (pretrain_demo: tiny CPU twin on the demo corpus; pretrain_paper: the
 paper's setting). The run directory (``outputs/<name>`` by default) holds the resolved config,
 ``checkpoints/last.ckpt`` (written every ``checkpoint_every_n_steps`` steps; a rerun into the same
-directory resumes from it), and at the end the backbone twice: ``stvqrl_backbone.pt`` (our format) and
+directory resumes from it), ``skipped_videos.json`` (scenes ``data.on_error=skip`` left out, and why),
+and at the end the backbone twice: ``stvqrl_backbone.pt`` (our format) and
 ``stvqrl_backbone_official.pth`` (``{'model': ...}``, the layout the authors' code loads). With
 ``retrieval=true`` it prints the version-retrieval accuracy (:mod:`qasa_vqa.retrieval`) before and after.
 """
@@ -22,7 +23,14 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, Ri
 from omegaconf import DictConfig, OmegaConf
 
 from qasa_vqa.data.datamodules import PretrainDataModule
-from qasa_vqa.data.datasets import DistortionTreeError, PretrainDataset, find_distortion_tree
+from qasa_vqa.data.datasets import (
+    MIN_FRAMES,
+    MIN_SIDE,
+    DistortionTreeError,
+    PretrainDataset,
+    find_distortion_tree,
+)
+from qasa_vqa.lit.callbacks import SkippedVideos
 from qasa_vqa.lit.run import build_trainer, exit_on_error, resume_checkpoint, save_config
 from qasa_vqa.lit.stvqrl import STVQRLPretrainModule
 from qasa_vqa.models.checkpoints import save_stvqrl_backbone
@@ -51,6 +59,10 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         batch_size=data.batch_size,
         num_workers=data.num_workers,
         seed=cfg.seed,
+        on_error=data.get("on_error", "skip"),
+        max_failed_fraction=data.get("max_failed_fraction", 0.2),
+        min_frames=data.get("min_frames", MIN_FRAMES),
+        min_side=data.get("min_side", MIN_SIDE),
     )
     backbone = VideoSwinBackbone(
         **OmegaConf.to_container(cfg.model.backbone, resolve=True),
@@ -67,6 +79,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         weight_decay=cfg.optim.weight_decay,
         min_lr=cfg.optim.min_lr,
         projection_seed=cfg.seed,
+        nonfinite=cfg.loss.get("nonfinite", "skip"),
     )
     result: dict[str, Any] = {}
     if cfg.retrieval:
@@ -81,7 +94,14 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         cfg.trainer,
         output_dir,
         logger=cfg.logger,
-        callbacks=[checkpoints, LearningRateMonitor(logging_interval="step"), RichProgressBar()],
+        callbacks=[
+            checkpoints,
+            LearningRateMonitor(logging_interval="step"),
+            RichProgressBar(),
+            SkippedVideos(
+                output_dir, max_failed_fraction=datamodule.max_failed_fraction, default_set="scenes"
+            ),
+        ],
         max_epochs=cfg.epochs,
         log_every_n_steps=cfg.log_every_n_steps,
     )

@@ -9,8 +9,8 @@ in one message before anything is built.
 
 The run directory (``outputs/<name>/seed<seed>``, or ``hydra.run.dir``) holds the resolved config, the
 logs, ``checkpoints/`` (``last.ckpt`` for resuming, the best by ``monitor``, the authors' layout every
-few epochs) and, at the end, ``qasa_model.pt`` (our format) and ``qasa_model_official.pth``
-(``{'primary', 'auxillary', 'epoch'}``). Rerunning into it resumes from ``last.ckpt`` at its global
+few epochs), ``skipped_videos.json`` (the videos ``data.on_error=skip`` left out, and why) and, at the
+end, ``qasa_model.pt`` (our format) and ``qasa_model_official.pth`` (``{'primary', 'auxillary', 'epoch'}``). Rerunning into it resumes from ``last.ckpt`` at its global
 step, continuing the data draws. With ``sweep_csv`` set (``sweep=label_budget``), the run appends one
 row of results to that CSV. :func:`main` returns the ``monitor`` metric, for sweepers.
 """
@@ -30,12 +30,14 @@ from lightning.pytorch import seed_everything
 from omegaconf import DictConfig, OmegaConf
 
 from qasa_vqa.errors import QasaVqaError
+from qasa_vqa.lit.callbacks import SkippedVideos
 from qasa_vqa.lit.qasa import QASASemiSupervisedModule
 from qasa_vqa.lit.run import (
     build_trainer,
     exit_on_error,
     instantiate_callbacks,
     resume_checkpoint,
+    root_hint,
     save_config,
 )
 from qasa_vqa.lit.schedule import trained_epochs
@@ -57,7 +59,8 @@ def check_needs(cfg: DictConfig) -> None:
     for key, hint in (cfg.get("needs") or {}).items():
         value = OmegaConf.select(cfg, key)
         if value in (None, "") or not Path(str(value)).exists():
-            missing.append(f"  {key} = {value}: {hint}")
+            where = root_hint(cfg, value) if value not in (None, "") else ""  # a data root that is not there
+            missing.append(f"  {key} = {value}: {hint}{where}")
     if missing:
         raise QasaVqaError(f"experiment {cfg.name} is missing what it needs:\n" + "\n".join(missing))
 
@@ -80,6 +83,7 @@ def build_module(cfg: DictConfig) -> QASASemiSupervisedModule:
         branches=list(cfg.branches),
         gradient_clip_val=cfg.optim.gradient_clip_val,
         gradient_checkpointing=cfg.optim.gradient_checkpointing,
+        nonfinite=cfg.loss.get("nonfinite", "skip"),
     )
 
 
@@ -99,7 +103,11 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         cfg.trainer,
         output_dir,
         logger=cfg.logger,
-        callbacks=instantiate_callbacks(cfg.callbacks),
+        callbacks=[
+            *instantiate_callbacks(cfg.callbacks),
+            # data.on_error=skip: count and name the skipped videos, stop past data.max_failed_fraction
+            SkippedVideos(output_dir, max_failed_fraction=getattr(datamodule, "max_failed_fraction", None)),
+        ],
         max_epochs=epochs,
         check_val_every_n_epoch=cfg.check_val_every_n_epoch,
         log_every_n_steps=1,

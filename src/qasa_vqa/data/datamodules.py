@@ -18,6 +18,13 @@ ranks by :class:`EvaluationSampler`, each video scored exactly once (no padded r
 every correlation), and the metrics gather all ranks' predictions; the split file is written once, by
 global rank 0 (``prepare_data_per_node = False``: one shared filesystem), and read by every process.
 ``pin_memory="auto"`` pins host memory when CUDA is available.
+
+Unusable videos (docs/configuration.md, "Bad videos and bad numbers"): ``on_error`` ``"skip"`` (default) or ``"raise"``;
+training videos under ``min_frames`` frames or ``min_side`` pixels a side count as unusable;
+``max_failed_fraction`` is the largest share of a training set that may fail before the run stops (read
+by :class:`~qasa_vqa.lit.callbacks.SkippedVideos`, which the entry points attach). Evaluation loaders
+carry each batch's skipped videos (``batch["skipped"]``, :func:`~qasa_vqa.data.datasets.collate_evaluation`)
+so they are counted too.
 """
 
 from __future__ import annotations
@@ -35,12 +42,14 @@ from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from qasa_vqa.data.datasets import (
+    MIN_FRAMES,
+    MIN_SIDE,
     EvaluationDataset,
     OnError,
     PretrainDataset,
     SemiSupervisedDataset,
     ViewSpec,
-    collate_skipping_none,
+    collate_evaluation,
     find_distortion_tree,
 )
 from qasa_vqa.data.manifests import Manifest, read_manifest
@@ -199,11 +208,32 @@ class ResumableLoader(DataLoader):
 
 
 class _DataModule(LightningDataModule):
-    def __init__(self, *, batch_size: int, num_workers: int, seed: int, pin_memory: bool | str) -> None:
+    def __init__(
+        self,
+        *,
+        batch_size: int,
+        num_workers: int,
+        seed: int,
+        pin_memory: bool | str,
+        on_error: OnError = "skip",
+        max_failed_fraction: float | None = None,
+        min_frames: int = MIN_FRAMES,
+        min_side: int = MIN_SIDE,
+    ) -> None:
         super().__init__()
         self.prepare_data_per_node = False  # the split file: written once, by global rank 0
         if batch_size < 1 or num_workers < 0:
             raise ValueError(f"batch_size must be >= 1 and num_workers >= 0, got {batch_size}, {num_workers}")
+        if on_error not in ("skip", "raise"):
+            raise ValueError(f"data.on_error must be skip or raise, got {on_error!r}")
+        if max_failed_fraction is not None and not 0 <= max_failed_fraction <= 1:
+            raise ValueError(
+                f"data.max_failed_fraction must lie in [0, 1] (or be null: no limit), got {max_failed_fraction}"
+            )
+        if min_frames < 1 or min_side < 1:
+            raise ValueError(f"data.min_frames and data.min_side must be >= 1, got {min_frames}, {min_side}")
+        self.on_error, self.max_failed_fraction = on_error, max_failed_fraction
+        self.min_frames, self.min_side = min_frames, min_side
         if pin_memory == "auto":
             pin_memory = torch.cuda.is_available()
         elif not isinstance(pin_memory, bool):
@@ -241,6 +271,8 @@ class SemiSupervisedDataModule(_DataModule):
     all the rest), ``n_validation``, ``split_seed``, ``strategy`` random / mos-stratified / linspace),
     written to ``split_file`` (default ``split_dir/<manifest>_<strategy>_<budget>_seed<s>.json``).
     ``val_sets`` / ``test_sets`` map names to :class:`ManifestSource` (or dicts of its fields).
+    ``on_error``, ``max_failed_fraction``, ``min_frames``, ``min_side``: what becomes of unusable videos
+    (module docstring).
     """
 
     def __init__(
@@ -263,8 +295,14 @@ class SemiSupervisedDataModule(_DataModule):
         seed: int = 0,
         pin_memory: bool | str = "auto",
         on_error: OnError = "skip",
+        max_failed_fraction: float | None = 0.2,
+        min_frames: int = MIN_FRAMES,
+        min_side: int = MIN_SIDE,
     ) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed, pin_memory=pin_memory)
+        super().__init__(
+            batch_size=batch_size, num_workers=num_workers, seed=seed, pin_memory=pin_memory,
+            on_error=on_error, max_failed_fraction=max_failed_fraction, min_frames=min_frames, min_side=min_side,
+        )  # fmt: skip
         if strategy not in (*STRATEGIES, "official"):
             raise SplitError(
                 f"unknown split strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}, official"
@@ -289,7 +327,6 @@ class SemiSupervisedDataModule(_DataModule):
         self.test_sources = {name: _source(source) for name, source in (test_sets or {}).items()}
         self.views = views if isinstance(views, ViewSpec) else ViewSpec(**(views or {}))
         self.eval_batch_size = eval_batch_size
-        self.on_error = on_error
         self.split: Split | None = None
         self.datasets: dict[str, Dataset] = {}
         self.val_names: list[str] = []
@@ -328,20 +365,22 @@ class SemiSupervisedDataModule(_DataModule):
         root, scale = self.train_source.video_root, manifest.scale
         common = {"views": self.views, "on_error": self.on_error}
         rank = self._replicas()[1]
+        minimum = {"min_frames": self.min_frames, "min_side": self.min_side}
         if stage in (None, "fit"):
             self.datasets["labelled"] = SemiSupervisedDataset(
-                split.labelled, root, labelled=True, mos_scale=scale, seed=self.seed, rank=rank, **common
-            )
+                split.labelled, root, labelled=True, mos_scale=scale, seed=self.seed, rank=rank, **common,
+                **minimum,
+            )  # fmt: skip
             if split.unlabelled:
                 self.datasets["unlabelled"] = SemiSupervisedDataset(
                     split.unlabelled, root, labelled=False, mos_scale=scale, seed=self.seed + 1, rank=rank,
-                    **common,
+                    **common, **minimum,
                 )  # fmt: skip
         if stage in (None, "fit", "validate"):
             self.val_names = (["validation"] if split.validation else []) + list(self.val_sources)
             if split.validation:
                 self.datasets["val/validation"] = EvaluationDataset(
-                    split.validation, root, mos_scale=scale, **common
+                    split.validation, root, mos_scale=scale, mark_skipped=True, **common
                 )
             for name, source in self.val_sources.items():
                 self.datasets[f"val/{name}"] = _evaluation_set(source, common)
@@ -402,7 +441,7 @@ class SemiSupervisedDataModule(_DataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
-            collate_fn=collate_skipping_none,
+            collate_fn=collate_evaluation,  # the decoded items, and which videos were left out
         )
 
 
@@ -423,8 +462,14 @@ class PretrainDataModule(_DataModule):
         seed: int = 0,
         pin_memory: bool | str = "auto",
         on_error: OnError = "skip",
+        max_failed_fraction: float | None = 0.2,
+        min_frames: int = MIN_FRAMES,
+        min_side: int = MIN_SIDE,
     ) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed, pin_memory=pin_memory)
+        super().__init__(
+            batch_size=batch_size, num_workers=num_workers, seed=seed, pin_memory=pin_memory,
+            on_error=on_error, max_failed_fraction=max_failed_fraction, min_frames=min_frames, min_side=min_side,
+        )  # fmt: skip
         self.root = Path(root)
         self.options = {
             "versions": versions,
@@ -433,6 +478,8 @@ class PretrainDataModule(_DataModule):
             "grid": grid,
             "patch": patch,
             "on_error": on_error,
+            "min_frames": min_frames,
+            "min_side": min_side,
         }
         self.dataset: PretrainDataset | None = None
 
@@ -459,4 +506,6 @@ def _source(source: ManifestSource | Mapping[str, Any]) -> ManifestSource:
 
 def _evaluation_set(source: ManifestSource, common: dict[str, Any]) -> EvaluationDataset:
     manifest = source.read()
-    return EvaluationDataset(manifest.records, source.video_root, mos_scale=manifest.scale, **common)
+    return EvaluationDataset(
+        manifest.records, source.video_root, mos_scale=manifest.scale, mark_skipped=True, **common
+    )

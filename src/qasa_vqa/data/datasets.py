@@ -18,17 +18,29 @@ alike, so the workers' seeds coincide across ranks): no two workers or ranks dra
 and rank 0 draws what a single process draws. So a given seed, loader generator, worker count and rank
 give the same items, and epochs differ.
 
-Decode failures: ``on_error="raise"`` re-raises the :class:`~qasa_vqa.errors.VideoDecodeError`;
-``"skip"`` logs a warning naming the file, and training datasets return the next decodable item
-instead (``decode_failures`` in the item counts the videos skipped for it, so the training loop can
-log the total), while the evaluation dataset returns ``None``, which :func:`collate_skipping_none`
-drops. A dataset never returns frames it could not decode.
+Unusable videos: a file that cannot be probed or decoded (empty, random bytes, truncated, no video
+stream, ...) and, in the training datasets, a video too small to train on (fewer than ``min_frames``
+frames or ``min_side`` pixels on a side: a 16x16 2-frame clip would be upsampled into patches of
+interpolation, not of the video). ``on_error="raise"`` raises :class:`UnusableVideoError` (a
+:class:`~qasa_vqa.errors.VideoDecodeError` naming the file, the reason and the setting to change; it
+survives the trip from a DataLoader worker to the main process intact); ``"skip"`` logs a warning naming
+the file, and training datasets return the next usable item instead, while the evaluation dataset
+returns ``None``, which :func:`collate_skipping_none` drops (or, with ``mark_skipped=True``, a marker
+that :func:`collate_evaluation` turns into the batch's ``skipped`` list). A dataset never returns frames
+it could not decode.
+
+Every training item reports what was skipped to make it: ``decode_failures`` (a count) and
+``skipped``, a JSON list of ``[video, file, reason]`` (the record's path, or the scene for pretraining;
+the file that failed; why). Loader workers are separate processes, so this is how the main process
+learns which videos failed (:class:`~qasa_vqa.lit.callbacks.SkippedVideos` collects, deduplicates,
+logs and limits them; :func:`skipped_entries` reads a batch's).
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -52,13 +64,18 @@ from qasa_vqa.video.reader import VideoInfo, probe, read_frames
 from qasa_vqa.video.sampling import contiguous_clip_indices, fragment_frame_indices
 
 __all__ = [
+    "MIN_FRAMES",
+    "MIN_SIDE",
     "DistortionTreeError",
     "EvaluationDataset",
     "PretrainDataset",
     "SemiSupervisedDataset",
+    "UnusableVideoError",
     "ViewSpec",
+    "collate_evaluation",
     "collate_skipping_none",
     "find_distortion_tree",
+    "skipped_entries",
 ]
 
 log = logging.getLogger(__name__)
@@ -66,8 +83,34 @@ log = logging.getLogger(__name__)
 OnError = Literal["skip", "raise"]
 
 
+# Training videos smaller than this are skipped (data.min_frames, data.min_side): below one frame per
+# temporal segment of the paper's sampler (8) or one 32-pixel fragment patch, the views hold interpolation.
+MIN_FRAMES = 8
+MIN_SIDE = 32
+_STRICT_HINT = "data.on_error=raise; data.on_error=skip leaves such videos out and lists them"
+
+
 class DistortionTreeError(QasaVqaError):
     """A folder that is not a usable ST-VQRL distortion tree ``root/{0..12}/<name>``."""
+
+
+class UnusableVideoError(VideoDecodeError):
+    """A video a dataset cannot use, raised under ``on_error="raise"``: the message names the file, the
+    reason and the setting to change.
+
+    torch re-raises an error from a DataLoader worker by calling its class with one string, the worker's
+    formatted traceback; this class accepts that and keeps only its own message, so the main process (and
+    the command line) gets the same error, not a ``RuntimeError`` wrapping a traceback.
+    """
+
+    def __init__(self, path: str | Path, reason: str | None = None) -> None:
+        if reason is None:  # rebuilt from one string, e.g. by torch's worker-error wrapper
+            text = str(path)
+            marker = f"{type(self).__name__}: "
+            if marker in text:  # "Caught ... Original Traceback ... qasa_vqa...UnusableVideoError: <message>"
+                text = text.rsplit(marker, 1)[1].rstrip("\n")
+            path, _, reason = text.partition(": ")
+        super().__init__(path, reason)
 
 
 @dataclass(frozen=True)
@@ -91,12 +134,17 @@ class ViewSpec:
 class _SeededItems(Dataset):
     """Per-item random generators and the skip-or-raise policy shared by the datasets."""
 
-    def __init__(self, seed: int, on_error: OnError, rank: int = 0) -> None:
+    def __init__(
+        self, seed: int, on_error: OnError, rank: int = 0, *, min_frames: int = 1, min_side: int = 1
+    ) -> None:
         if on_error not in ("skip", "raise"):
             raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
+        if min_frames < 1 or min_side < 1:
+            raise ValueError(f"min_frames and min_side must be at least 1, got {min_frames}, {min_side}")
         self.seed = int(seed)
         self.rank = int(rank)
         self.on_error = on_error
+        self.min_frames, self.min_side = int(min_frames), int(min_side)
         self.failures = 0  # videos skipped by this process (workers keep their own count)
         self._draws = 0
         self._infos: dict[Path, VideoInfo] = {}
@@ -111,7 +159,22 @@ class _SeededItems(Dataset):
     def _probe(self, path: Path) -> VideoInfo:
         if path not in self._infos:
             self._infos[path] = probe(path)
-        return self._infos[path]
+        info = self._infos[path]
+        side = min(info.display_width, info.display_height)
+        if info.num_frames < self.min_frames or side < self.min_side:
+            raise VideoDecodeError(
+                path,
+                f"too small to train on: {info.display_width}x{info.display_height} pixels, "
+                f"{info.num_frames} frame(s); training videos need at least {self.min_side} pixels a side "
+                f"and {self.min_frames} frames (data.min_side, data.min_frames)",
+            )
+        return info
+
+    def _strict(self, error: VideoDecodeError | OSError, path: Path) -> UnusableVideoError:
+        """The error ``on_error="raise"`` raises for an unusable video: the file, why, and the setting."""
+        file = getattr(error, "path", None) or getattr(error, "filename", None) or path
+        reason = getattr(error, "reason", None) or getattr(error, "strerror", None) or str(error)
+        return UnusableVideoError(file, f"{reason} ({_STRICT_HINT})")
 
     def _fragment_frames(
         self, path: Path, spec: ViewSpec, *, train: bool, rng: np.random.Generator | None = None
@@ -128,24 +191,34 @@ class _SeededItems(Dataset):
         )
         return read_frames(path, indices, info=info)
 
+    def _describe(self, position: int) -> tuple[str, Path]:
+        """What item ``position`` is called in reports, and the file it is read from."""
+        raise NotImplementedError
+
     def _first_decodable(self, index: int, load: Callable[[int], dict[str, Any]]) -> dict[str, Any]:
-        failures = 0
+        skipped: list[list[str]] = []
         for attempt in range(len(self)):
             position = (index + attempt) % len(self)
             try:
                 item = load(position)
             except (QasaVqaError, OSError) as error:
+                video, path = self._describe(position)
                 if self.on_error == "raise":
-                    raise
-                failures += 1
+                    raise self._strict(error, path) from error
                 self.failures += 1
-                log.warning(
-                    "skipping an undecodable video (%d skipped so far here): %s", self.failures, error
-                )
+                file = str(getattr(error, "path", None) or path)
+                reason = getattr(error, "reason", None) or str(error)
+                skipped.append([video, file, reason])
+                log.warning("skipping an unusable video (%d skipped so far here): %s", self.failures, error)
                 continue
-            item["decode_failures"] = failures
+            item["decode_failures"] = len(skipped)
+            item["skipped"] = json.dumps(skipped)
             return item
-        raise VideoDecodeError(f"all {len(self)} items of the dataset", "none of the videos could be decoded")
+        raise UnusableVideoError(
+            f"all {len(self)} items of the dataset",
+            "none of the videos could be decoded, e.g. "
+            + "; ".join(f"{file}: {reason}" for _, file, reason in skipped[:3]),
+        )
 
 
 class SemiSupervisedDataset(_SeededItems):
@@ -166,8 +239,10 @@ class SemiSupervisedDataset(_SeededItems):
         seed: int = 0,
         on_error: OnError = "skip",
         rank: int = 0,
+        min_frames: int = MIN_FRAMES,
+        min_side: int = MIN_SIDE,
     ) -> None:
-        super().__init__(seed, on_error, rank)
+        super().__init__(seed, on_error, rank, min_frames=min_frames, min_side=min_side)
         if labelled and any(record.mos is None for record in records):
             missing = next(record.path for record in records if record.mos is None)
             raise QasaVqaError(f"labelled set holds a video without a MOS: {missing!r}")
@@ -182,6 +257,10 @@ class SemiSupervisedDataset(_SeededItems):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self._first_decodable(index, self._load)
+
+    def _describe(self, position: int) -> tuple[str, Path]:
+        record = self.records[position]
+        return record.path, self.root / record.path
 
     def _load(self, index: int) -> dict[str, Any]:
         record, spec = self.records[index], self.views
@@ -209,7 +288,13 @@ class SemiSupervisedDataset(_SeededItems):
 
 
 class EvaluationDataset(_SeededItems):
-    """Test items: deterministic 64-frame views of each video (see the module docstring)."""
+    """Test items: deterministic 64-frame views of each video (see the module docstring).
+
+    A video that cannot be decoded is ``None`` (``on_error="skip"``), or with ``mark_skipped=True`` a
+    marker ``{"skipped": <JSON [[video, file, reason]]>}`` that :func:`collate_evaluation` collects, so
+    that a loader's main process can count and name them. No minimum size by default: an evaluation
+    scores every video it can decode.
+    """
 
     def __init__(
         self,
@@ -219,25 +304,35 @@ class EvaluationDataset(_SeededItems):
         mos_scale: tuple[float, float] = (0.0, 100.0),
         views: ViewSpec = ViewSpec(),
         on_error: OnError = "skip",
+        mark_skipped: bool = False,
     ) -> None:
         super().__init__(0, on_error)
         self.records = list(records)
         self.root = Path(root)
         self.mos_scale = mos_scale
         self.views = views
+        self.mark_skipped = mark_skipped
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def _describe(self, position: int) -> tuple[str, Path]:
+        record = self.records[position]
+        return record.path, self.root / record.path
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         try:
             return self._load(index)
         except (QasaVqaError, OSError) as error:
+            video, path = self._describe(index)
             if self.on_error == "raise":
-                raise
+                raise self._strict(error, path) from error
             self.failures += 1
             log.warning("leaving an undecodable video out of the evaluation: %s", error)
-            return None
+            if not self.mark_skipped:
+                return None
+            reason = getattr(error, "reason", None) or str(error)
+            return {"skipped": json.dumps([[video, str(getattr(error, "path", None) or path), reason]])}
 
     def _load(self, index: int) -> dict[str, Any]:
         record, spec = self.records[index], self.views
@@ -261,10 +356,39 @@ class EvaluationDataset(_SeededItems):
         return item
 
 
+def _is_marker(item: Mapping[str, Any] | None) -> bool:
+    return item is not None and set(item) == {"skipped"}
+
+
 def collate_skipping_none(items: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
-    """``default_collate`` over the items that are not ``None``; ``None`` if there are none."""
-    kept = [item for item in items if item is not None]
+    """``default_collate`` over the items that are not ``None`` (nor skip markers); ``None`` if there are
+    none."""
+    kept = [item for item in items if item is not None and not _is_marker(item)]
     return default_collate(kept) if kept else None
+
+
+def collate_evaluation(items: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
+    """An evaluation batch that says what was left out: ``default_collate`` of the decoded items (no
+    tensors at all when none was) plus ``skipped``, the JSON lists of the items that failed (see
+    :func:`skipped_entries`)."""
+    kept = [item for item in items if item is not None and not _is_marker(item)]
+    batch: dict[str, Any] = default_collate(kept) if kept else {}
+    batch["skipped"] = [item["skipped"] for item in items if _is_marker(item)]
+    return batch
+
+
+def skipped_entries(batch: Any) -> Iterator[tuple[str, str, str]]:
+    """The ``(video, file, reason)`` of every video skipped to make ``batch`` (a batch of training or
+    evaluation items, or a mapping of such batches), in order; duplicates included."""
+    if not isinstance(batch, Mapping):
+        return
+    for key, value in batch.items():
+        if key == "skipped":
+            for text in value if isinstance(value, list | tuple) else [value]:
+                for video, file, reason in json.loads(text):
+                    yield str(video), str(file), str(reason)
+        elif isinstance(value, Mapping):
+            yield from skipped_entries(value)
 
 
 def find_distortion_tree(root: str | Path, *, min_distortions: int = 1) -> dict[str, list[int]]:
@@ -319,8 +443,10 @@ class PretrainDataset(_SeededItems):
         seed: int = 0,
         on_error: OnError = "skip",
         rank: int = 0,
+        min_frames: int = MIN_FRAMES,
+        min_side: int = MIN_SIDE,
     ) -> None:
-        super().__init__(seed, on_error, rank)
+        super().__init__(seed, on_error, rank, min_frames=min_frames, min_side=min_side)
         if versions < 2:
             raise ValueError(f"versions must be at least 2 (the reference and a distortion), got {versions}")
         self.root = Path(root)
@@ -335,6 +461,10 @@ class PretrainDataset(_SeededItems):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self._first_decodable(index, self._load)
+
+    def _describe(self, position: int) -> tuple[str, Path]:
+        name = self.names[position]
+        return name, self.root / "0" / name
 
     def _load(self, index: int) -> dict[str, Any]:
         name = self.names[index]

@@ -17,6 +17,18 @@ A thin system around :class:`~qasa_vqa.models.qasa.QASAModel` and the pure losse
   ``global_step`` counts iterations (under manual optimisation it would count every optimiser's step;
   only the last one's is counted), so checkpoints every N steps and resuming mean training iterations.
 
+Non-finite steps (``nonfinite``, ``loss.nonfinite`` in the config): after the backward pass every step
+checks its loss terms and, without an fp16 grad scaler (which skips overflowing steps itself), its
+gradients. If any is NaN or infinite (NaN in a view or a MOS, an overflow), ``"skip"`` (the default)
+zeroes the gradients and steps no optimiser, so the weights and the optimisers' state stay exactly as
+they were; the step is counted in ``train/skipped_steps`` (the run's total, kept in checkpoints) and a
+warning names the step, the terms and the batch's videos. ``"stop"`` raises
+:class:`NonFiniteLossError` with the same diagnosis. A skipped iteration is still an iteration: the
+learning-rate schedule advances and ``global_step`` counts it, so checkpoints, resuming and the schedule
+keep their meaning. Under DDP the decision is reduced over ranks (any rank's non-finite value makes every
+rank skip), so the ranks never diverge or wait on each other. A batch whose predictions are all equal is
+not caught: its PLCC is undefined, but the loss (``std + 1e-8``) and its gradients stay finite.
+
 Ablations are options, not code paths of their own: ``w_stab=0`` (no transfer), ``w_cons=0`` (no
 consistency), ``mask_mode`` ``"always"`` / ``"never"`` (fixed transfer direction), ``branches`` with
 one branch (the other is neither trained nor used as a teacher), and a datamodule without unlabelled
@@ -37,9 +49,10 @@ KRCC, ... per set and branch: ``val/<set>/stvqrl/srcc``, ``val/<set>/clip/srcc``
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import Any, Literal
 
@@ -48,13 +61,25 @@ from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 
 from qasa_vqa.distributed import gather_with_grad, is_distributed, mean_across_ranks
+from qasa_vqa.errors import QasaVqaError
 from qasa_vqa.lit.metrics import QualityMetrics
 from qasa_vqa.lit.schedule import WarmupCosine
 from qasa_vqa.losses import labelled_losses, plcc_loss, unlabelled_losses
 from qasa_vqa.metrics import MetricInputError
 from qasa_vqa.models.qasa import QASAModel
 
-__all__ = ["BRANCHES", "QASASemiSupervisedModule"]
+__all__ = [
+    "BRANCHES",
+    "NonFiniteLossError",
+    "QASASemiSupervisedModule",
+    "any_rank",
+    "describe_batch",
+    "diagnose_step",
+    "nonfinite_gradients",
+    "nonfinite_terms",
+]
+
+log = logging.getLogger(__name__)
 
 BRANCHES = ("stvqrl", "clip")
 SCORES = ("stvqrl", "clip", "qasa")  # what validation reports: each branch and the combined score
@@ -66,6 +91,93 @@ PRIMARY_OPTIMIZER: OptimizerFactory = partial(torch.optim.AdamW, weight_decay=0.
 CLIP_OPTIMIZER: OptimizerFactory = partial(torch.optim.AdamW, lr=5e-6, weight_decay=1e-3)
 SCHEDULE: Callable[..., WarmupCosine] = partial(WarmupCosine, warmup_epochs=2.5)
 _LOGGED = ("srcc", "plcc", "krcc", "plcc_logistic", "rmse_logistic")
+NonFinitePolicy = Literal["skip", "stop"]
+_STOP_HINT = (
+    "loss.nonfinite=stop; loss.nonfinite=skip skips such steps and counts them in train/skipped_steps"
+)
+_OTHER_RANK = "the loss or gradients of another process (this process's were finite)"
+
+
+class NonFiniteLossError(QasaVqaError):
+    """A training step with a NaN or infinite loss or gradient, under ``nonfinite="stop"``."""
+
+
+def _show(value: Tensor) -> str:
+    if value.numel() == 1:
+        return f"{value.item():g}"
+    bad = int((~torch.isfinite(value)).sum())
+    return f"{bad} of {value.numel()} values non-finite"
+
+
+def nonfinite_terms(values: Mapping[str, Any]) -> list[str]:
+    """``"name=value"`` for every floating-point tensor of ``values`` holding a NaN or an infinity (one
+    host synchronisation when all are finite)."""
+    tensors = {k: v.detach() for k, v in values.items() if isinstance(v, Tensor) and v.is_floating_point()}
+    if not tensors:
+        return []
+    flags = torch.stack([torch.isfinite(v).all() for v in tensors.values()])
+    if bool(flags.all()):
+        return []
+    return [
+        f"{name}={_show(value)}"
+        for (name, value), ok in zip(tensors.items(), flags.tolist(), strict=True)
+        if not ok
+    ]
+
+
+def nonfinite_gradients(named_parameters: Iterable[tuple[str, Tensor]], limit: int = 3) -> list[str]:
+    """``"gradient of <name>"`` for the first ``limit`` parameters whose gradient holds a NaN or an
+    infinity, and how many more (one host synchronisation when all are finite)."""
+    named = [(name, p.grad) for name, p in named_parameters if p.grad is not None]
+    if not named:
+        return []
+    flags = torch.stack([torch.isfinite(grad).all() for _, grad in named])
+    if bool(flags.all()):
+        return []
+    bad = [name for (name, _), ok in zip(named, flags.tolist(), strict=True) if not ok]
+    more = f" and {len(bad) - limit} more" if len(bad) > limit else ""
+    return [f"gradient of {', '.join(bad[:limit])}{more}"]
+
+
+def describe_batch(batch: Any, prefix: str = "") -> tuple[list[str], list[str]]:
+    """What a batch holds that could explain a non-finite loss: its floating-point tensors with NaN or
+    infinite values (``"labelled.mos: 1 of 4 values non-finite"``) and its videos (``"labelled: a.mp4,
+    b.mp4"``, from ``path`` or ``scene`` fields)."""
+    inputs: list[str] = []
+    videos: list[str] = []
+    if not isinstance(batch, Mapping):
+        return inputs, videos
+    for key, value in batch.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            more_inputs, more_videos = describe_batch(value, f"{name}.")
+            inputs += more_inputs
+            videos += more_videos
+        elif (
+            isinstance(value, Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all())
+        ):
+            inputs.append(f"{name}: {_show(value)}")
+        elif key in ("path", "scene") and isinstance(value, list | tuple):
+            videos.append(f"{prefix.rstrip('.') or 'batch'}: {', '.join(map(str, value))}")
+    return inputs, videos
+
+
+def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:
+    """True if ``flag`` is true on any process (every rank must call it); ``flag`` in one process."""
+    if not is_distributed():
+        return flag
+    return bool(mean_across_ranks(torch.tensor(float(flag), device=device)) > 0)
+
+
+def diagnose_step(step: int, epoch: int, batch_idx: int, problems: Sequence[str], batch: Any) -> str:
+    """One paragraph on a non-finite step: where, which terms, which inputs, which videos."""
+    inputs, videos = describe_batch(batch)
+    text = f"training step {step} (epoch {epoch}, batch {batch_idx}): non-finite {'; '.join(problems)}"
+    if inputs:
+        text += f"; non-finite inputs: {'; '.join(inputs)}"
+    if videos:
+        text += f"; videos: {'; '.join(videos)}"
+    return text
 
 
 class QASASemiSupervisedModule(LightningModule):
@@ -89,9 +201,12 @@ class QASASemiSupervisedModule(LightningModule):
         gradient_clip_val: float | None = None,
         gradient_checkpointing: bool = False,
         val_bootstrap: int = 0,
+        nonfinite: NonFinitePolicy = "skip",
     ) -> None:
         super().__init__()
         branches = tuple(branches)
+        if nonfinite not in ("skip", "stop"):
+            raise ValueError(f"nonfinite (loss.nonfinite) must be skip or stop, got {nonfinite!r}")
         if not branches or any(b not in BRANCHES for b in branches) or len(set(branches)) != len(branches):
             raise ValueError(f"branches must be a non-empty subset of {BRANCHES}, got {branches}")
         if mask_mode not in ("batch", "sample", "always", "never"):
@@ -113,6 +228,7 @@ class QASASemiSupervisedModule(LightningModule):
         self.val_names: list[str] = []
         self.test_names: list[str] = []
         self.eval_metrics = nn.ModuleDict()
+        self.skipped_steps = 0  # training steps skipped for non-finite values, over the whole run
 
     # ------------------------------------------------------------------ training
 
@@ -216,21 +332,32 @@ class QASASemiSupervisedModule(LightningModule):
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
         total = losses["primary"] + losses["auxiliary"]
-        self.manual_backward(total)
-        for position, optimizer in enumerate(optimizers):
-            if self.hparams.gradient_clip_val:
-                self.clip_gradients(
-                    optimizer,
-                    gradient_clip_val=self.hparams.gradient_clip_val,
-                    gradient_clip_algorithm="norm",
-                )
-            if position < len(optimizers) - 1:
-                self._uncounted_step(optimizer)
-            else:
-                optimizer.step()  # Lightning counts this one: global_step = training iterations
-        for scheduler in schedulers:
-            scheduler.step()
+        self.manual_backward(total)  # on every rank, finite or not: DDP's gradient reduction needs them all
+        problems = self._step_problems(losses)
+        if problems:
+            self._skip_step(batch, batch_idx, problems, optimizers)
+        else:
+            for position, optimizer in enumerate(optimizers):
+                if self.hparams.gradient_clip_val:
+                    self.clip_gradients(
+                        optimizer,
+                        gradient_clip_val=self.hparams.gradient_clip_val,
+                        gradient_clip_algorithm="norm",
+                    )
+                if position < len(optimizers) - 1:
+                    self._uncounted_step(optimizer)
+                else:
+                    optimizer.step()  # Lightning counts this one: global_step = training iterations
+        with warnings.catch_warnings():  # a skipped first step: the schedule advances before any step
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+            for scheduler in schedulers:
+                scheduler.step()  # every iteration, skipped or not: the schedule counts iterations
         size = batch["labelled"]["mos"].shape[0]
+        self.log(
+            "train/skipped_steps", float(self.skipped_steps), batch_size=size, on_step=True, on_epoch=False
+        )
+        if problems:  # nothing of a skipped step is logged: its terms would turn the epoch means into NaN
+            return total.detach()
         logged = {f"train/{k}": v.detach() for k, v in losses.items() if k not in ("primary", "auxiliary")}
         logged |= {
             "train/loss_primary": losses["primary"].detach(),
@@ -240,6 +367,42 @@ class QASASemiSupervisedModule(LightningModule):
         # under DDP the mean over ranks (global scope: every rank holds the same values already)
         self.log_dict(logged, batch_size=size, on_step=True, on_epoch=True, sync_dist=is_distributed())
         return total.detach()
+
+    def _scaler(self) -> Any:
+        trainer = self._trainer
+        return getattr(trainer.precision_plugin, "scaler", None) if trainer is not None else None
+
+    def _step_problems(self, losses: Mapping[str, Tensor]) -> list[str]:
+        """What is non-finite in this step (the loss terms; the gradients unless an fp16 grad scaler
+        handles those), agreed over ranks: empty if every rank's step is finite."""
+        problems = nonfinite_terms(losses)
+        if not problems and self._scaler() is None:
+            problems = nonfinite_gradients(self.model.named_parameters())
+        if any_rank(bool(problems), self.device) and not problems:
+            problems = [_OTHER_RANK]
+        return problems
+
+    def _skip_step(self, batch: Any, batch_idx: int, problems: Sequence[str], optimizers: list[Any]) -> None:
+        """Stop with a diagnosis, or drop this step's gradients and count the iteration without a step."""
+        text = diagnose_step(self.global_step, self.current_epoch, batch_idx, problems, batch)
+        if self.hparams.nonfinite == "stop":
+            raise NonFiniteLossError(f"{text} ({_STOP_HINT})")
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        self.skipped_steps += 1
+        counted = optimizers[-1]
+        if hasattr(counted, "_on_before_step"):
+            # Lightning counts a manual-optimisation iteration when its optimiser steps; this one steps
+            # nothing, so it makes the two calls that the step makes around it (global_step = iterations)
+            counted._on_before_step()
+            counted._on_after_step()
+        log.warning("skipped %s (%d skipped so far; loss.nonfinite=skip)", text, self.skipped_steps)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["skipped_steps"] = self.skipped_steps
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.skipped_steps = int(checkpoint.get("skipped_steps", 0))
 
     def _uncounted_step(self, optimizer: Any) -> None:
         """Step an optimiser without advancing Lightning's step counter (which counts every optimiser
@@ -267,8 +430,8 @@ class QASASemiSupervisedModule(LightningModule):
             setattr(self, f"{kind}_names", names)
 
     def _evaluate(self, kind: str, batch: dict[str, Any] | None, dataloader_idx: int) -> None:
-        if batch is None:  # every video of the batch failed to decode (logged by the dataset)
-            return
+        if batch is None or "frag" not in batch:  # every video of the batch failed to decode (logged by
+            return  # the dataset, counted by the SkippedVideos callback)
         scores = self.model.scores(batch["frag"], batch["resize"])
         name = getattr(self, f"{kind}_names")[dataloader_idx]
         for score in SCORES:
