@@ -106,7 +106,7 @@ class _Seen(Callback):
         self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
     ) -> None:
         if batch is not None:
-            self.paths.extend(str(p) for p in batch["path"])
+            self.paths.extend(str(p) for p in batch.get("path", []))
 
 
 def main() -> None:
