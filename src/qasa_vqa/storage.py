@@ -5,7 +5,8 @@ same folder (``.<name>.<host>-<pid>-<random>.partial<suffix>``: no other process
 another one sharing the folder, takes the same name), fsyncs it, renames it over the target (atomic on
 POSIX and Windows filesystems, NFS included), and fsyncs the folder so that the rename itself survives a
 power cut. A reader sees the old file or the
-new one, never half of either. :func:`append_line` is the one append-only write the project makes (the
+new one, never half of either. :func:`create_once` creates a file unless it exists, exactly once among
+concurrent processes (a hard link of a finished temporary file). :func:`append_line` is the one append-only write the project makes (the
 scorer's rows): one ``write`` of a whole line, then flush and fsync.
 """
 
@@ -23,6 +24,7 @@ __all__ = [
     "atomic_save",
     "atomic_write_bytes",
     "atomic_write_text",
+    "create_once",
     "fsync_dir",
     "unique_name",
 ]
@@ -74,6 +76,32 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_save(path, lambda partial: partial.write_text(text, encoding="utf-8"))
+
+
+def create_once(path: Path, text: str) -> None:
+    """Create ``path`` holding ``text`` unless it exists; of concurrent callers exactly one creates it,
+    and nobody ever sees it partly written (a hard link of a finished file, atomic on NFS too)."""
+    temporary = path.with_name(f".{path.name}.{unique_name()}.partial")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        pass
+    except OSError:  # a filesystem without hard links: whole file or nothing still holds with O_EXCL
+        with contextlib.suppress(FileExistsError):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                os.write(fd, text.encode("utf-8"))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    finally:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+    fsync_dir(path.parent)
 
 
 def append_line(fd: int, line: str) -> None:

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from qasa_vqa.errors import QasaVqaError
-from qasa_vqa.storage import atomic_save, atomic_write_bytes, atomic_write_text, fsync_dir, unique_name
+from qasa_vqa.storage import atomic_save, atomic_write_bytes, atomic_write_text, create_once, unique_name
 
 __all__ = [
     "RESULTS_CSV",
@@ -72,32 +72,6 @@ def _unique() -> str:
     return f"{time.time_ns():020d}-{unique_name()}"
 
 
-def _create_once(path: Path, text: str) -> None:
-    """Create ``path`` holding ``text`` unless it exists; of concurrent callers exactly one creates it,
-    and nobody ever sees it partly written (a hard link of a finished file, atomic on NFS too)."""
-    temporary = path.with_name(f".{path.name}.{_unique()}.partial")
-    with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    try:
-        os.link(temporary, path)
-    except FileExistsError:
-        pass
-    except OSError:  # a filesystem without hard links: whole file or nothing still holds with O_EXCL
-        with contextlib.suppress(FileExistsError):
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            try:
-                os.write(fd, text.encode("utf-8"))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    finally:
-        with contextlib.suppress(OSError):
-            temporary.unlink()
-    fsync_dir(path.parent)
-
-
 def _read_json(path: Path, attempts: int = 20) -> Any:
     """A row file's JSON; one that does not parse is read again for a second (only a pre-existing.json
     made through the O_EXCL fallback can be seen half-written), then reported."""
@@ -123,7 +97,7 @@ def _record_pre_existing(path: Path, folder: Path) -> None:
             reader = csv.DictReader(handle)
             header = list(reader.fieldnames or [])
             rows = [{k: v for k, v in row.items() if k is not None} for row in reader]
-    _create_once(record, json.dumps({"header": header, "rows": rows}))
+    create_once(record, json.dumps({"header": header, "rows": rows}))
 
 
 def _row_names(folder: Path) -> frozenset[str]:

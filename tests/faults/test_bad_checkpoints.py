@@ -29,6 +29,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 import qasa_vqa
+from offline_runs import demo_train_overrides
 from qasa_vqa.errors import QasaVqaError
 from qasa_vqa.evaluate import evaluate
 from qasa_vqa.lit.run import exit_on_error
@@ -125,25 +126,6 @@ def nothing_ran(files: dict[str, Any]):
     assert not any(files["markers"].iterdir()), "a checkpoint ran code on load"
 
 
-def _train_overrides(files: dict[str, Any], out: Path) -> list[str]:
-    return [
-        "experiment=demo",
-        "trainer=cpu",
-        "clip=local",
-        "clip.model_name=tiny",
-        f"clip.pretrained={files['clip']}",
-        f"paths.demo_root={files['demo']}",
-        f"paths.output_root={out}",
-        f"paths.output_dir={out / 'run'}",
-        f"model.stvqrl_checkpoint={files['backbone']}",
-        "data.n_labelled=4",
-        "data.n_validation=2",
-        "data.num_workers=0",
-        "logger=csv",
-        "~callbacks.progress",
-    ]
-
-
 # -- the command lines, as the user runs them --------------------------------------------------------
 
 
@@ -167,7 +149,7 @@ def test_train_command_with_a_truncated_last_ckpt(files: dict[str, Any]) -> None
     last = run_dir / "checkpoints" / "last.ckpt"
     good = files["qasa"].read_bytes()
     last.write_bytes(good[: len(good) // 3])
-    overrides = [*_train_overrides(files, files["root"] / "cli_out"), f"hydra.run.dir={run_dir}"]
+    overrides = [*demo_train_overrides(files, files["root"] / "cli_out"), f"hydra.run.dir={run_dir}"]
     process = _command(["qasa_vqa.train", *overrides, f"paths.output_dir={run_dir}", "resume=auto"])
     _one_line_and_status_2(
         process, "train", str(last), "truncated or not a training checkpoint", "resume=null"
@@ -324,7 +306,7 @@ def test_training_refuses_before_it_starts(
     bad = {"resume": "bad_qasa", "model.stvqrl_checkpoint": "bad_backbone", "clip.pretrained": "bad_clip"}
     path = files["qasa"] if kind == "qasa" else files[bad[setting]][kind]
     cfg = _compose(
-        [*_train_overrides(files, tmp_path), f"{setting}={path}", "validate_before_training=false"]
+        [*demo_train_overrides(files, tmp_path), f"{setting}={path}", "validate_before_training=false"]
     )
     with pytest.raises(SystemExit) as caught:
         exit_on_error("qasa-vqa train", lambda: run(cfg, tmp_path / "run"))

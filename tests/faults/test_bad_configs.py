@@ -24,6 +24,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from offline_runs import demo_train_overrides
 from qasa_vqa.data.manifests import Manifest, ManifestError, VideoRecord, read_manifest
 from qasa_vqa.data.splits import SplitError, budget_split, read_split_file
 from qasa_vqa.errors import QasaVqaError
@@ -58,25 +59,6 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def _compose(overrides: list[str], name: str = "train") -> DictConfig:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(config_name=name, overrides=overrides)
-
-
-def _train_overrides(files: dict[str, Path], out: Path) -> list[str]:
-    return [
-        "experiment=demo",
-        "trainer=cpu",
-        "clip=local",
-        "clip.model_name=tiny",
-        f"clip.pretrained={files['clip']}",
-        f"paths.demo_root={files['demo']}",
-        f"paths.output_root={out}",
-        f"paths.output_dir={out / 'run'}",
-        f"model.stvqrl_checkpoint={files['backbone']}",
-        "data.n_labelled=4",
-        "data.n_validation=2",
-        "data.num_workers=0",
-        "logger=csv",
-        "~callbacks.progress",
-    ]
 
 
 def _fails_with_status_2(command: str, body: Any, capsys: pytest.CaptureFixture[str]) -> str:
@@ -132,7 +114,7 @@ def test_budget_larger_than_the_pool(files: dict[str, Path]) -> None:
 def test_training_with_a_budget_larger_than_the_pool(
     files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cfg = _compose([*_train_overrides(files, tmp_path), "data.n_labelled=8", "data.n_validation=4"])
+    cfg = _compose([*demo_train_overrides(files, tmp_path), "data.n_labelled=8", "data.n_validation=4"])
     message = _fails_with_status_2("train", lambda: run(cfg, tmp_path / "run"), capsys)
     assert "a budget of 8 labelled + 4 validation + 0 unlabelled = 12 videos exceeds the 10" in message
     assert "\n" not in message
@@ -143,7 +125,7 @@ def test_training_with_a_budget_larger_than_the_pool(
 @pytest.mark.slow
 def test_training_command_with_a_budget_larger_than_the_pool(files: dict[str, Path], tmp_path: Path) -> None:
     overrides = [
-        *_train_overrides(files, tmp_path),
+        *demo_train_overrides(files, tmp_path),
         "data.n_labelled=12",
         f"hydra.run.dir={tmp_path / 'run'}",
     ]
@@ -178,7 +160,7 @@ def test_missing_demo_root_says_how_to_make_it(
     files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     nowhere = tmp_path / "no_demo"
-    cfg = _compose([*_train_overrides(files, tmp_path), f"paths.demo_root={nowhere}"])
+    cfg = _compose([*demo_train_overrides(files, tmp_path), f"paths.demo_root={nowhere}"])
     message = _fails_with_status_2("train", lambda: run(cfg, tmp_path / "run"), capsys)
     assert message.startswith("experiment demo is missing what it needs:")
     assert "make demo-data" in message and f"paths.demo_root = {nowhere} is not a folder" in message
@@ -281,7 +263,7 @@ def test_training_on_a_manifest_that_escapes_its_root(
     demo.mkdir()
     rows = [f"v{i}.mp4,{20 + i},train" for i in range(6)] + ["../../etc/passwd,50,train"]
     (demo / "manifest.csv").write_text("path,mos,split\n" + "\n".join(rows) + "\n")
-    cfg = _compose([*_train_overrides(files, tmp_path), f"paths.demo_root={demo}"])
+    cfg = _compose([*demo_train_overrides(files, tmp_path), f"paths.demo_root={demo}"])
     message = _fails_with_status_2("train", lambda: run(cfg, tmp_path / "run"), capsys)
     assert message == f"{demo / 'manifest.csv'}:8: video path '../../etc/passwd' leaves the dataset root " + (
         "(refused: entries must stay inside it)"

@@ -319,6 +319,11 @@ def make_views(
     return (views, layouts) if return_layouts else views
 
 
+def _check_parts(parts: tuple[str, ...]) -> None:
+    if set(parts) - {"frag", "resize"} or not parts:
+        raise ValueError(f"parts must be a non-empty subset of ('frag', 'resize'), got {parts!r}")
+
+
 def make_test_views(
     frames: np.ndarray | torch.Tensor,
     *,
@@ -342,9 +347,7 @@ def make_test_views(
     ``return_layout`` also returns the fragment layout and the ``(height, width)`` of the (possibly
     upsampled) video its corners refer to, so that a quality map can be laid back over the frames.
     """
-    unknown = set(parts) - {"frag", "resize"}
-    if unknown or not parts:
-        raise ValueError(f"parts must be a non-empty subset of ('frag', 'resize'), got {parts!r}")
+    _check_parts(parts)
     if return_layout and "frag" not in parts:
         raise ValueError("return_layout needs the 'frag' part")
     tensor = _as_frames_tensor(frames)
@@ -403,9 +406,7 @@ class IncrementalTestViews:
         resize_stats: Stats = "imagenet",
         parts: tuple[str, ...] = ("frag", "resize"),
     ) -> None:
-        unknown = set(parts) - {"frag", "resize"}
-        if unknown or not parts:
-            raise ValueError(f"parts must be a non-empty subset of ('frag', 'resize'), got {parts!r}")
+        _check_parts(parts)
         if not self.fits(height, width, grid=grid, patch=patch):
             raise ValueError(f"a {height}x{width} video needs upsampling: use make_test_views")
         self.shape, self.parts, self.size, self.antialias = (height, width), tuple(parts), size, antialias
