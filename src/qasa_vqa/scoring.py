@@ -23,6 +23,7 @@ unit, so the model does not wait for the decoder; rows come out in input order.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import logging
 import math
@@ -42,8 +43,8 @@ from qasa_vqa.data.datasets import ViewSpec
 from qasa_vqa.errors import QasaVqaError
 from qasa_vqa.models.clip_quality import CLIPQuality
 from qasa_vqa.models.qasa import QASAModel
-from qasa_vqa.video.fragments import make_test_views
-from qasa_vqa.video.reader import VideoInfo, probe, read_frames
+from qasa_vqa.video.fragments import IncrementalTestViews, make_test_views
+from qasa_vqa.video.reader import VideoInfo, probe, read_frames, stream_frames
 from qasa_vqa.video.sampling import fragment_frame_indices
 
 __all__ = ["ROW_FIELDS", "ScoreSettings", "Scorer", "load_scorer", "scorer_from_model"]
@@ -113,6 +114,28 @@ def segment_ranges(num_frames: int, fps: float, seconds: float) -> list[tuple[in
     return [(start, min(start + length, num_frames)) for start in range(0, num_frames, length)]
 
 
+def _give_back_freed_memory() -> None:
+    """Return the C heap's free pages to the system (glibc's ``malloc_trim``; elsewhere nothing).
+
+    Freed tensors of a few MB stay in the heap otherwise: after a checkpoint load (the state dict, the
+    text tower) 0.1 GB of the paper model's process is free but resident, and a long scoring run would
+    carry its largest video's leftovers to the end.
+    """
+    trim = getattr(_LIBC, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
+def _load_libc() -> Any:
+    try:
+        return ctypes.CDLL(None)
+    except OSError:  # pragma: no cover - a platform without a loadable C library
+        return None
+
+
+_LIBC = _load_libc()
+
+
 def _draw_seed(*key: int) -> int:
     return int(np.random.SeedSequence(list(key)).generate_state(1)[0])
 
@@ -140,6 +163,7 @@ class _ScoringUnits(IterableDataset):
         share, shares = (worker.id, worker.num_workers) if worker is not None else (0, 1)
         for index in range(share, len(self.paths), shares):
             yield from self._video(index, self.paths[index])
+            _give_back_freed_memory()
 
     def _video(self, index: int, path: Path) -> Iterator[dict[str, Any]]:
         started = time.perf_counter()
@@ -200,56 +224,129 @@ class _ScoringUnits(IterableDataset):
             )
             draws.append(indices + start)
         wanted, positions = np.unique(np.concatenate(draws), return_inverse=True)
-        began = time.perf_counter()
-        frames = read_frames(path, wanted, info=info)
-        decoded = time.perf_counter()
         per_draw = positions.reshape(settings.clips, -1)
-        made: dict[str, list[torch.Tensor]] = {part: [] for part in self.parts}
+        options = {
+            "grid": spec.grid,
+            "patch": spec.patch,
+            "aligned": per_draw.shape[1],
+            "size": spec.size,
+            "antialias": spec.antialias,
+            "fragment_stats": spec.fragment_stats,
+            "resize_stats": spec.resize_stats,
+            "parts": self.parts,
+        }
+        generators = [
+            torch.Generator().manual_seed(_draw_seed(settings.seed, unit, k)) if random else None
+            for k in range(settings.clips)
+        ]
+        want_layout = self.with_maps and unit == 0
+        height, width = info.display_height, info.display_width
         item: dict[str, Any] = {}
-        for k in range(settings.clips):
-            generator = torch.Generator().manual_seed(_draw_seed(settings.seed, unit, k)) if random else None
-            want_layout = self.with_maps and unit == 0 and k == 0
-            in_order = np.array_equal(per_draw[k], np.arange(len(frames)))  # then no copy (398 MB at 1080p)
-            result = make_test_views(
-                frames if in_order else frames[per_draw[k]],
-                generator=generator,
-                centre=not random,
-                grid=spec.grid,
-                patch=spec.patch,
-                aligned=per_draw.shape[1],
-                size=spec.size,
-                antialias=spec.antialias,
-                fragment_stats=spec.fragment_stats,
-                resize_stats=spec.resize_stats,
-                parts=self.parts,
-                return_layout=want_layout,
+        began = time.perf_counter()
+        if "frag" not in self.parts or IncrementalTestViews.fits(
+            height, width, grid=spec.grid, patch=spec.patch
+        ):
+            results, thumbs, views_seconds = self._streamed_views(
+                path, info, wanted, per_draw, generators, options, want_layout
             )
-            if want_layout:
-                views, layout, upsampled = result
-                item["map_source"] = _map_source(
-                    frames if in_order else frames[per_draw[0]], draws[0], info, layout, upsampled
+            decoded = time.perf_counter() - began - views_seconds
+        else:  # a small video: its fragments come from the whole clip upsampled, so read it whole
+            frames = read_frames(path, wanted, info=info)
+            decoded = time.perf_counter() - began
+            results = [
+                make_test_views(
+                    frames if np.array_equal(per_draw[k], np.arange(len(frames))) else frames[per_draw[k]],
+                    generator=generators[k],
+                    centre=not random,
+                    return_layout=want_layout and k == 0,
+                    **options,
                 )
-            else:
-                views = result
-            for part in self.parts:
-                made[part].append(views[part])
+                for k in range(settings.clips)
+            ]
+            thumbs = _thumbnails(frames[per_draw[0]]) if want_layout else None
+            views_seconds = time.perf_counter() - began - decoded
+        if want_layout:
+            views, layout, upsampled = results[0]
+            results[0] = views
+            item["map_source"] = _map_source(thumbs, (height, width), draws[0], info, layout, upsampled)
+        made = {part: [views[part] for views in results] for part in self.parts}
         item |= {part: torch.stack(tensors) for part, tensors in made.items()}
-        item["decode_ms"] = 1000 * (decoded - began)
-        item["views_ms"] = 1000 * (time.perf_counter() - decoded)
+        item["decode_ms"] = 1000 * decoded
+        item["views_ms"] = 1000 * views_seconds
         item["start"] = start / info.fps if info.fps > 0 else 0.0
         item["end"] = stop / info.fps if info.fps > 0 else 0.0
         return item
 
+    @staticmethod
+    def _streamed_views(
+        path: Path,
+        info: VideoInfo,
+        wanted: np.ndarray,
+        per_draw: np.ndarray,
+        generators: list[torch.Generator | None],
+        options: dict[str, Any],
+        want_layout: bool,
+    ) -> tuple[list[Any], np.ndarray | None, float]:
+        """Every draw's views built frame by frame as the decoder hands frames over (one source frame
+        held at a time; identical to :func:`make_test_views` on all frames), the thumbnails of draw 0's
+        frames when ``want_layout``, and the seconds spent making views."""
+        height, width = info.display_height, info.display_width
+        builders = [
+            IncrementalTestViews(
+                height, width, per_draw.shape[1], generator=generator, centre=generator is None, **options
+            )
+            for generator in generators
+        ]
+        uses: dict[int, list[tuple[int, int]]] = {}  # position in wanted -> (draw, frame of the draw)
+        for k, positions in enumerate(per_draw.tolist()):
+            for t, position in enumerate(positions):
+                uses.setdefault(position, []).append((k, t))
+        thumbs = np.empty((per_draw.shape[1], *_thumbnail_size(height, width)[::-1], 3), np.uint8)
+        spent = 0.0
+
+        def take(position: int, frame: np.ndarray) -> None:
+            nonlocal spent
+            began = time.perf_counter()
+            for k, t in uses[position]:
+                builders[k].add(t, frame)
+                if want_layout and k == 0:
+                    thumbs[t] = _thumbnail(frame)
+            spent += time.perf_counter() - began
+
+        stream_frames(path, wanted, take, info=info)
+        began = time.perf_counter()
+        results = [builder.views(return_layout=want_layout and k == 0) for k, builder in enumerate(builders)]
+        spent += time.perf_counter() - began
+        return results, (thumbs if want_layout else None), spent
+
+
+def _thumbnail_size(height: int, width: int) -> tuple[int, int]:
+    scale = min(1.0, _THUMB_WIDTH / width)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _thumbnail(frame: np.ndarray) -> np.ndarray:
+    """A small copy of one ``[H, W, 3]`` frame for a quality-map picture."""
+    size = _thumbnail_size(*frame.shape[:2])
+    return np.asarray(Image.fromarray(np.ascontiguousarray(frame)).resize(size, Image.BILINEAR))
+
+
+def _thumbnails(frames: np.ndarray) -> np.ndarray:
+    return np.stack([_thumbnail(frame) for frame in frames])
+
 
 def _map_source(
-    frames: np.ndarray, indices: np.ndarray, info: VideoInfo, layout: Any, upsampled: tuple[int, int]
+    thumbs: np.ndarray,
+    frame_size: tuple[int, int],
+    indices: np.ndarray,
+    info: VideoInfo,
+    layout: Any,
+    upsampled: tuple[int, int],
 ) -> dict[str, Any]:
-    """What a map picture needs from the worker: small copies of the sampled frames, where each came
-    from, and the fragment layout (corners in the coordinates of the ``upsampled`` video)."""
-    height, width = frames.shape[1:3]
-    scale = min(1.0, _THUMB_WIDTH / width)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    thumbs = np.stack([np.asarray(Image.fromarray(frame).resize(size, Image.BILINEAR)) for frame in frames])
+    """What a map picture needs from the worker: small copies of the sampled frames (``thumbs``, of
+    frames ``frame_size`` high and wide), where each came from, and the fragment layout (corners in the
+    coordinates of the ``upsampled`` video)."""
+    height, width = frame_size
     return {
         "thumbs": thumbs,
         "frame_indices": np.asarray(indices),
@@ -326,6 +423,7 @@ class Scorer:
         self.map_stride = map_stride
         self.source = source
         (self.model or self.clip).to(self.device)
+        _give_back_freed_memory()
 
     def score(self, path: str | Path, *, maps_dir: str | Path | None = None) -> dict[str, Any]:
         """The row of one video (``status`` says whether it could be scored)."""
@@ -390,7 +488,7 @@ class Scorer:
         clips = self.settings.clips
         resize = torch.cat([unit["resize"] for unit in batch]).to(self.device)
         scores = {"clip": self.clip.video_quality(resize).float().cpu()}
-        maps = None
+        maps = fragments = None
         if self.model is not None:
             fragments = torch.cat([unit["frag"] for unit in batch]).to(self.device)
             maps = self.model.stvqrl(fragments).float().cpu()  # [B*K, 1, T', h, w]
@@ -406,6 +504,8 @@ class Scorer:
                 unit["map"] = maps[position * clips, 0].numpy()
             for part in ("frag", "resize"):
                 unit.pop(part, None)
+        del resize, fragments
+        _give_back_freed_memory()
         return batch
 
     # -- rows ------------------------------------------------------------------------------------------

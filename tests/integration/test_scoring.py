@@ -289,6 +289,33 @@ def test_map_cells_lie_over_the_frame_region_their_fragments_came_from(
     assert not np.isnan(painted).any(), "the grid cells cover the whole frame"
 
 
+@pytest.mark.parametrize("clips", [1, 3])
+def test_views_made_frame_by_frame_score_as_views_of_the_whole_clip(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clips: int
+) -> None:
+    # 144 x 176 stored, tagged as turned 90 degrees: upright it is 176 x 144, large enough for the tiny
+    # views' 112-pixel fragment grid, so the scorer builds views as frames are decoded (one held at a
+    # time). Forcing the whole-clip path must give the same rows bit for bit, maps included.
+    rng = np.random.default_rng(7)
+    frames = [rng.integers(0, 256, (144, 176, 3), dtype=np.uint8) for _ in range(24)]
+    video = write_video(tmp_path / "turned.mp4", frames, codec="h264", rotation=90, gop=6, crf=10)
+    scorer = load_scorer(checkpoint, clips=clips, seed=4)
+    streamed = scorer.score(video, maps_dir=tmp_path / "streamed")
+    monkeypatch.setattr(
+        "qasa_vqa.scoring.IncrementalTestViews.fits", staticmethod(lambda *args, **kwargs: False)
+    )
+    whole = scorer.score(video, maps_dir=tmp_path / "whole")
+    assert streamed["status"] == whole["status"] == "ok", (streamed["error"], whole["error"])
+    assert (streamed["width"], streamed["height"]) == (144, 176)
+    for column in ("score", "stvqrl", "clip", "score_std"):
+        assert streamed[column] == whole[column], column
+    a, b = np.load(Path(streamed["map"]).with_suffix(".npz")), np.load(Path(whole["map"]).with_suffix(".npz"))
+    assert sorted(a.files) == sorted(b.files)
+    for name in a.files:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    assert Path(streamed["map"]).read_bytes() == Path(whole["map"]).read_bytes(), "the pictures differ"
+
+
 def test_cell_boxes_undo_the_upsampling_of_small_videos() -> None:
     top = np.zeros((1, 7, 7), np.int64)
     source = {"top": top, "left": top, "patch": 32, "upsampled": (224, 298), "frame_size": (72, 96)}

@@ -185,6 +185,27 @@ def test_saved_qasa_has_no_text_tower_and_reloads_to_identical_outputs(tmp_path:
     assert torch.allclose(before["qasa"], torch.sigmoid(0.1 * before["stvqrl_raw"]) * before["clip"])
 
 
+def test_our_qasa_takes_the_files_tensors_as_its_weights(tmp_path: Path) -> None:
+    # loaded strictly, the modules are built on the meta device and the file's tensors become their
+    # weights (one copy in memory): nothing may stay without values, dtypes follow the model (a file
+    # saved in half precision loads as float32, as copying into the model did), gradients stay on
+    model = _tiny_qasa()
+    path = save_qasa(model.eval(), tmp_path / "qasa.pt")
+    payload = torch.load(path, weights_only=True)
+    payload["state_dict"] = {
+        k: v.half() if v.is_floating_point() else v for k, v in payload["state_dict"].items()
+    }
+    torch.save(payload, tmp_path / "half.pt")
+    for name in ("qasa.pt", "half.pt"):
+        loaded = load_qasa(tmp_path / name)
+        copied = load_qasa(tmp_path / name, strict=False)  # modules built for real, weights copied in
+        tensors = dict(loaded.state_dict())
+        assert not any(t.is_meta for t in [*loaded.parameters(), *loaded.buffers()])
+        assert all(p.requires_grad for p in loaded.parameters())
+        for key, value in copied.state_dict().items():
+            assert tensors[key].dtype == value.dtype and torch.equal(tensors[key], value), (name, key)
+
+
 def test_official_qasa_layout_round_trip_and_missing_prompts(tmp_path: Path, monkeypatch) -> None:
     model = _tiny_qasa().eval()
     official = save_qasa(model, tmp_path / "clip2stvqrl500_25.pth", official=True)

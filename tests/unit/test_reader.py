@@ -10,7 +10,7 @@ import pytest
 
 from qasa_vqa.errors import QasaVqaError, VideoDecodeError
 from qasa_vqa.video import reader
-from qasa_vqa.video.reader import plan_decode, probe, read_frames
+from qasa_vqa.video.reader import plan_decode, probe, read_frames, stream_frames
 from qasa_vqa.video.writer import synthetic_frames, write_video
 from videos import FIXTURES, VFR_DURATIONS_MS, full_decode, upright_pattern
 
@@ -83,6 +83,25 @@ def test_read_frames_without_info_and_empty_indices(videos: dict[str, Path]) -> 
     np.testing.assert_array_equal(frames, full_decode(path)[[3, 1]])
     empty = read_frames(path, [])
     assert empty.shape == (0, 144, 176, 3)
+
+
+@pytest.mark.parametrize("name", ["h264_bframes", "rotated_phone", "vfr_mkv"])
+def test_stream_frames_hands_over_each_position_once_in_decoding_order(
+    videos: dict[str, Path], name: str
+) -> None:
+    path = videos[name]
+    indices = [9, 2, 9, 0, 17, 2]
+    expected = read_frames(path, indices)
+    calls: list[tuple[int, np.ndarray]] = []
+    stream_frames(path, indices, lambda position, frame: calls.append((position, frame.copy())))
+    assert sorted(position for position, _ in calls) == list(range(len(indices)))
+    order = [indices[position] for position, _ in calls]
+    assert order == sorted(order), "frames come in decoding order"
+    for position, frame in calls:
+        np.testing.assert_array_equal(frame, expected[position])
+    seen: list[int] = []
+    stream_frames(path, [], lambda position, frame: seen.append(position))
+    assert not seen
 
 
 def test_rotation_tag_makes_frames_upright(videos: dict[str, Path]) -> None:

@@ -9,7 +9,13 @@ import torch
 from torchvision.models.video import swin3d_t
 
 from qasa_vqa.models.head import VQAHead
-from qasa_vqa.models.swin3d import GatedWindowAttention3d, VideoSwinBackbone, fragment_gate, swin_t_grpb
+from qasa_vqa.models.swin3d import (
+    GatedWindowAttention3d,
+    VideoSwinBackbone,
+    fragment_gate,
+    shift_regions,
+    swin_t_grpb,
+)
 
 TINY = {"embed_dim": 16, "depths": (1, 1, 2, 1), "num_heads": (1, 2, 2, 4), "window_size": (2, 7, 7)}
 
@@ -147,3 +153,48 @@ def test_fragment_grid_follows_a_clipped_window() -> None:
     (gate,) = attention._gates.values()
     assert torch.equal(gate.long(), fragment_gate((2, 4, 4), (2, 4, 4), (0, 0, 0), (1, 4, 4)))
     assert gate.max().item() == 6  # |dh| + |dw| <= 3 + 3 on the token grid itself
+
+
+def test_gate_in_8_bits_equals_the_int64_gate() -> None:
+    for padded, window, shift in [((16, 56, 56), (8, 7, 7), (4, 3, 3)), ((2, 4, 4), (2, 4, 4), (0, 0, 0))]:
+        fragments = (1, *[min(7, w) for w in window[1:]])
+        wide = fragment_gate(padded, window, shift, fragments)
+        narrow = fragment_gate(padded, window, shift, fragments, dtype=torch.uint8)
+        assert wide.dtype == torch.int64 and narrow.dtype == torch.uint8
+        assert torch.equal(narrow.long(), wide)
+
+
+@pytest.mark.parametrize(
+    ("padded", "window", "shift"),
+    [
+        ((32, 56, 56), (8, 7, 7), (4, 3, 3)),
+        ((8, 7, 7), (8, 7, 7), (0, 3, 3)),
+        ((4, 14, 14), (2, 7, 7), (1, 0, 3)),
+    ],
+)
+def test_shift_regions_give_torchvisions_shift_mask(padded, window, shift) -> None:
+    from torchvision.models.video.swin_transformer import _compute_attention_mask_3d
+
+    expected = _compute_attention_mask_3d(torch.zeros(1), padded, window, shift)
+    regions = shift_regions(padded, window, shift)
+    assert torch.equal((regions[:, None, :] != regions[:, :, None]).float() * -100.0, expected)
+
+
+def test_inference_in_chunks_gives_the_same_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
+    # without gradients the attention runs a few windows at a time and the MLP a few frames at a time;
+    # tiny budgets force many uneven chunks, and the output must equal the whole-tensor computation
+    torch.manual_seed(0)
+    model = VideoSwinBackbone(
+        embed_dim=24, depths=[2, 2, 2, 2], num_heads=[1, 2, 2, 4], window_size=[4, 7, 7]
+    )
+    model.eval()
+    for attention in _gated(model):
+        attention.fragment_position_bias_table.data.normal_()
+    x = torch.randn(2, 3, 16, 224, 224)
+    with torch.enable_grad():
+        whole = model(x).detach()
+    monkeypatch.setattr(GatedWindowAttention3d, "inference_chunk_elements", 250_000)  # 3 windows, then 1
+    monkeypatch.setattr(VideoSwinBackbone, "inference_chunk_elements", 2_000_000)  # stage 0: 3 + 3 + 2 frames
+    with torch.inference_mode():
+        chunked = model(x)
+    assert torch.equal(chunked, whole)

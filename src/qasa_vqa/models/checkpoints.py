@@ -27,6 +27,7 @@ Our format: ``{'format': 'qasa-vqa', 'version': 1, 'kind': 'stvqrl-backbone' | '
 from __future__ import annotations
 
 import contextlib
+import itertools
 import pickle
 import re
 import warnings
@@ -179,12 +180,29 @@ def ours_to_official(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return mapped
 
 
-def _load_strict(module: nn.Module, state_dict: Mapping[str, Tensor], what: str, strict: bool) -> KeyReport:
-    report = KeyReport.compare(module.state_dict(), state_dict)
+def _load_strict(
+    module: nn.Module, state_dict: Mapping[str, Tensor], what: str, strict: bool, *, assign: bool = False
+) -> KeyReport:
+    """Load ``state_dict`` into ``module``, refusing another architecture when ``strict``. ``assign``
+    (with ``strict``, for a module built on the meta device) makes the given tensors the module's own,
+    in the module's dtypes, instead of copying them."""
+    expected = module.state_dict()
+    report = KeyReport.compare(expected, state_dict)
     if strict and not report.ok:
         raise CheckpointError(f"another architecture: {what} do not fit the model ({report})")
     reshaped = {key for key, _, _ in report.mismatched}
-    module.load_state_dict({k: v for k, v in state_dict.items() if k not in reshaped}, strict=False)
+    given = {k: v for k, v in state_dict.items() if k not in reshaped}
+    if assign:
+        given = {k: v.to(expected[k].dtype) if k in expected else v for k, v in given.items()}
+    module.load_state_dict(given, strict=False, assign=assign)
+    if assign:
+        unset = [
+            name
+            for name, t in itertools.chain(module.named_parameters(), module.named_buffers())
+            if t.is_meta
+        ]
+        if unset:  # a tensor the file does not hold (a non-persistent buffer): a bug here, not in the file
+            raise RuntimeError(f"{what}: {unset[:5]} were not loaded and have no values")
     return report
 
 
@@ -346,13 +364,18 @@ def _official_qasa(payload: Mapping[str, Any], path: Path, strict: bool) -> QASA
 
 
 def _our_qasa(payload: Mapping[str, Any], path: Path, strict: bool) -> QASAModel:
+    """Our QASA checkpoint as a model. With ``strict`` (every weight in the file) the modules are built
+    without memory (on the meta device) and take the file's tensors as their weights, so loading never
+    holds two copies of the weights (the paper model's would be 0.9 GB at once)."""
     architecture = payload["architecture"]
-    regressor = QualityRegressor(
-        VideoSwinBackbone(**architecture["backbone"]), VQAHead(**architecture["head"])
-    )
     clip_name = architecture["clip"]["model_name"]
+    with torch.device("meta") if strict else contextlib.nullcontext():
+        regressor = QualityRegressor(
+            VideoSwinBackbone(**architecture["backbone"]), VQAHead(**architecture["head"])
+        )
+        visual = build_clip_visual(clip_name, device="meta" if strict else None)
     clip = CLIPQuality(
-        build_clip_visual(clip_name),
+        visual,
         prompts=payload["prompts"],
         pairs=[tuple(pair) for pair in payload["pairs"]],
         tau=payload["tau"],
@@ -362,7 +385,7 @@ def _our_qasa(payload: Mapping[str, Any], path: Path, strict: bool) -> QASAModel
         clip.set_prompt_features(payload["state_dict"]["clip.prompt_features"])
     model = QASAModel(regressor, clip, score_scale=payload["score_scale"])
     try:
-        _load_strict(model, payload["state_dict"], "the QASA weights", strict)
+        _load_strict(model, payload["state_dict"], "the QASA weights", strict, assign=strict)
     except CheckpointError as error:
         raise CheckpointError(f"{path}: {error}") from None
     return model

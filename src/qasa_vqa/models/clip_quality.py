@@ -330,7 +330,7 @@ def _create(
                 "pass a local file instead: OpenAI's ViT-B-32.pt or an open_clip checkpoint"
             ) from err
     else:
-        model = open_clip.create_model(model_name, pretrained=None)
+        model = open_clip.create_model(model_name, pretrained=None, device=device)
     if isinstance(source, Path):
         _load_weights(model, source, read_clip_file(source))
     return model.to(device).eval(), model_name

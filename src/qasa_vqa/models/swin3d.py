@@ -31,23 +31,31 @@ from torchvision.models.swin_transformer import SwinTransformerBlock
 from torchvision.models.video.swin_transformer import (
     ShiftedWindowAttention3d,
     SwinTransformer3d,
-    _compute_attention_mask_3d,
     _compute_pad_size_3d,
     _get_window_and_shift_size,
 )
 
-__all__ = ["GatedWindowAttention3d", "VideoSwinBackbone", "fragment_gate", "swin_t_grpb"]
+__all__ = ["GatedWindowAttention3d", "VideoSwinBackbone", "fragment_gate", "shift_regions", "swin_t_grpb"]
 
 
 def fragment_gate(
-    padded_size: Sequence[int], window: Sequence[int], shift: Sequence[int], fragments: Sequence[int]
+    padded_size: Sequence[int],
+    window: Sequence[int],
+    shift: Sequence[int],
+    fragments: Sequence[int],
+    *,
+    dtype: torch.dtype = torch.int64,
 ) -> Tensor:
-    """The GRPB gate ``g`` per window: int64 ``[num_windows, N, N]`` with ``N = prod(window)``.
+    """The GRPB gate ``g`` per window: ``[num_windows, N, N]`` of ``dtype`` with ``N = prod(window)``.
 
     ``padded_size`` (D, H, W) is the padded feature map, ``window`` / ``shift`` the (clipped) window and
     shift of the block, ``fragments`` the fragment grid (1, 7, 7). Coordinates are the grid resized to
-    the map with nearest neighbour (index ``floor(x * fragments / size)``), rolled by ``-shift``.
+    the map with nearest neighbour (index ``floor(x * fragments / size)``), rolled by ``-shift``. The
+    distances are summed one axis at a time in 8 bits (a 64-frame stage-0 map has 256 windows of 392
+    tokens: 39 MB per temporary instead of 0.9 GB for all three axes in int64 at once).
     """
+    if max(fragments) > 64:
+        raise ValueError(f"fragment grid {list(fragments)}: at most 64 fragments per axis")
     axes = [
         torch.div(torch.arange(size) * count, size, rounding_mode="floor")
         for size, count in zip(padded_size, fragments, strict=True)
@@ -58,8 +66,35 @@ def fragment_gate(
     d, h, w = padded_size
     wd, wh, ww = window
     windows = coords.view(d // wd, wd, h // wh, wh, w // ww, ww, 3).permute(0, 2, 4, 1, 3, 5, 6)
-    windows = windows.reshape(-1, wd * wh * ww, 3)
-    return (windows[:, :, None, :] - windows[:, None, :, :]).abs().sum(-1)
+    windows = windows.reshape(-1, wd * wh * ww, 3).to(torch.int8)
+    gate = torch.zeros((windows.shape[0], windows.shape[1], windows.shape[1]), dtype=dtype)
+    for axis in range(3):
+        coordinate = windows[..., axis]
+        gate += (coordinate[:, :, None] - coordinate[:, None, :]).abs_().to(dtype)
+    return gate
+
+
+def shift_regions(
+    padded_size: Sequence[int], window: Sequence[int], shift: Sequence[int], *, device=None
+) -> Tensor:
+    """The region label of every token of every window, ``[num_windows, N]``, after a cyclic shift.
+
+    torchvision's shift mask (``_compute_attention_mask_3d``) is ``-100`` between two tokens of a window
+    whose labels differ and ``0`` elsewhere; it is built from these labels (the same slices, the same
+    counting) a chunk of windows at a time instead of as a whole ``[num_windows, N, N]`` tensor.
+    """
+    labels = torch.zeros(tuple(padded_size), device=device)
+    slices = [((0, -window[i]), (-window[i], -shift[i]), (-shift[i], None)) for i in range(3)]
+    count = 0
+    for d in slices[0]:
+        for h in slices[1]:
+            for w in slices[2]:
+                labels[d[0] : d[1], h[0] : h[1], w[0] : w[1]] = count
+                count += 1
+    d, h, w = padded_size
+    wd, wh, ww = window
+    labels = labels.view(d // wd, wd, h // wh, wh, w // ww, ww).permute(0, 2, 4, 1, 3, 5)
+    return labels.reshape(-1, wd * wh * ww)
 
 
 class GatedWindowAttention3d(ShiftedWindowAttention3d):
@@ -94,9 +129,29 @@ class GatedWindowAttention3d(ShiftedWindowAttention3d):
             # the fragment grid follows the window: on a map smaller than the window (whose window is
             # clipped to the map) the grid is clipped with it (docs/method.md 1.3: fragments = (1,) + window[1:])
             fragments = tuple(min(f, w) for f, w in zip(self.fragments, window, strict=True))
-            gate = fragment_gate(padded, window, shift, fragments)  # values 0..12: kept as uint8
-            self._gates[key] = gate.to(device=device, dtype=torch.uint8)
-        return self._gates[key].to(self.relative_position_bias_table.dtype)
+            gate = fragment_gate(padded, window, shift, fragments, dtype=torch.uint8)  # values 0..12
+            self._gates[key] = gate.to(device=device)
+        return self._gates[key]
+
+    #: without gradients, attention scores are computed for at most this many elements at a time
+    inference_chunk_elements: int = 1 << 24
+
+    def _attend(
+        self, q: Tensor, k: Tensor, v: Tensor, rel: Tensor, frag: Tensor, gate: Tensor, regions: Tensor | None
+    ) -> Tensor:
+        """Attention within windows ``[b, w, nH, N, C/nH]`` -> ``[b, w, N, C]`` (``gate``: the w windows'
+        ``[w, N, N]``; ``regions``: their tokens' shift regions ``[w, N]``, or None without a shift)."""
+        b, w, heads, tokens, head_dim = q.shape
+        attn = (q * head_dim**-0.5) @ k.transpose(-2, -1)  # b, w, nH, N, N
+        # B_frag + g (B_rel - B_frag), broadcast over the batch without a [b, w, nH, N, N] bias temporary
+        attn = attn + frag
+        attn = torch.addcmul(attn, gate.to(attn.dtype)[None, :, None], (rel - frag)[None, None])
+        if regions is not None:  # torchvision's shift mask: -100 between tokens of different regions
+            mask = (regions[:, None, :] != regions[:, :, None]).to(attn.dtype) * -100.0
+            attn = attn + mask[None, :, None]
+        attn = F.softmax(attn, dim=-1)
+        attn = F.dropout(attn, p=self.attention_dropout, training=self.training)
+        return (attn @ v).transpose(2, 3).reshape(b, w, tokens, heads * head_dim)
 
     def forward(self, x: Tensor) -> Tensor:
         b, t, h, w, c = x.shape
@@ -115,22 +170,26 @@ class GatedWindowAttention3d(ShiftedWindowAttention3d):
         qkv = F.linear(x, self.qkv.weight, self.qkv.bias).reshape(
             b * num_windows, tokens, 3, heads, c // heads
         )
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)
-        attn = (q * (c // heads) ** -0.5) @ k.transpose(-2, -1)  # b*nW, nH, N, N
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each b*nW, nH, N, C/nH
         index = self.relative_position_index[:tokens, :tokens].reshape(-1)
         rel = self.relative_position_bias_table[index].view(tokens, tokens, heads).permute(2, 0, 1)
         frag = self.fragment_position_bias_table[index].view(tokens, tokens, heads).permute(2, 0, 1)
-        gate = self._gate(padded, window, shift, x.device)  # nW, N, N
-        # B_frag + g (B_rel - B_frag), broadcast over the batch without a [b, nW, nH, N, N] temporary
-        attn = attn.view(b, num_windows, heads, tokens, tokens) + frag
-        attn = torch.addcmul(attn, gate[None, :, None], (rel - frag)[None, None])
-        if any(shift):
-            mask = _compute_attention_mask_3d(x, padded, tuple(window), tuple(shift))
-            attn = attn + mask[None, :, None]
-        attn = F.softmax(attn.view(b * num_windows, heads, tokens, tokens), dim=-1)
-        attn = F.dropout(attn, p=self.attention_dropout, training=self.training)
-
-        x = (attn @ v).transpose(1, 2).reshape(b * num_windows, tokens, c)
+        gate = self._gate(padded, window, shift, x.device)  # nW, N, N (uint8)
+        regions = shift_regions(padded, window, shift, device=x.device) if any(shift) else None
+        # without gradients the windows are attended a chunk at a time: the same numbers, while the
+        # [b, nW, nH, N, N] scores of a 64-frame clip (0.5 GB per temporary in stage 0) are never whole
+        step = num_windows
+        if not torch.is_grad_enabled():
+            step = max(1, min(num_windows, self.inference_chunk_elements // (b * heads * tokens * tokens)))
+        q, k, v = (t.reshape(b, num_windows, heads, tokens, c // heads) for t in (q, k, v))
+        chunks = [
+            self._attend(
+                q[:, i : i + step], k[:, i : i + step], v[:, i : i + step], rel, frag,
+                gate[i : i + step], None if regions is None else regions[i : i + step],
+            )
+            for i in range(0, num_windows, step)
+        ]  # fmt: skip
+        x = chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=1)  # b, nW, N, C
         x = F.dropout(F.linear(x, self.proj.weight, self.proj.bias), p=self.dropout, training=self.training)
         x = x.view(b, grid[0], grid[1], grid[2], window[0], window[1], window[2], c)
         x = x.permute(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, *padded, c)
@@ -207,10 +266,26 @@ class VideoSwinBackbone(nn.Module):
                 x = layer(x)
         return self.norm(x).permute(0, 4, 1, 2, 3).contiguous()
 
+    #: without gradients, each block's MLP runs on at most this many hidden activations at a time
+    inference_chunk_elements: int = 1 << 24
+
     def _block(self, block: SwinTransformerBlock, x: Tensor) -> Tensor:
-        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(block, x, use_reentrant=False)
-        return block(x)
+        if torch.is_grad_enabled():
+            if self.gradient_checkpointing and self.training:
+                return checkpoint(block, x, use_reentrant=False)
+            return block(x)
+        # the block's own arithmetic, with the MLP (4x wider than the tokens) run a few frames at a time:
+        # every token's MLP is its own, so the numbers are the same and the hidden layer is never whole
+        x = x + block.stochastic_depth(block.attn(block.norm1(x)))
+        b, t = x.shape[:2]
+        step = max(1, self.inference_chunk_elements // (4 * x[0, 0].numel() * b))
+        if step >= t:
+            return x + block.stochastic_depth(block.mlp(block.norm2(x)))
+        out = torch.empty_like(x)
+        for i in range(0, t, step):
+            part = x[:, i : i + step]
+            out[:, i : i + step] = part + block.stochastic_depth(block.mlp(block.norm2(part)))
+        return out
 
 
 def swin_t_grpb(*, grpb: bool = True, gradient_checkpointing: bool = False) -> VideoSwinBackbone:

@@ -381,8 +381,8 @@ class IncrementalTestViews:
     """:func:`make_test_views` fed one frame at a time: the same views, bit for bit, while the caller holds
     one source frame instead of all of them (64 frames of a 4K video are 1.6 GB).
 
-    ``height`` x ``width`` is the frame size (each side at least ``grid * patch``: smaller videos are
-    upsampled as a whole by :func:`make_test_views`; :meth:`fits` tells), ``num_frames`` the number of
+    ``height`` x ``width`` is the frame size (for fragments each side at least ``grid * patch``: smaller
+    videos are upsampled as a whole by :func:`make_test_views`; :meth:`fits` tells), ``num_frames`` the number of
     views' frames. The fragment layout is drawn at construction exactly as :func:`make_test_views` draws
     it (same ``generator`` use). :meth:`add` takes frame ``t`` (``[H, W, 3]`` uint8); :meth:`views`
     returns the views once every frame was added, plus the layout and the frame size when
@@ -407,7 +407,7 @@ class IncrementalTestViews:
         parts: tuple[str, ...] = ("frag", "resize"),
     ) -> None:
         _check_parts(parts)
-        if not self.fits(height, width, grid=grid, patch=patch):
+        if "frag" in parts and not self.fits(height, width, grid=grid, patch=patch):
             raise ValueError(f"a {height}x{width} video needs upsampling: use make_test_views")
         self.shape, self.parts, self.size, self.antialias = (height, width), tuple(parts), size, antialias
         self.stats = {"frag": fragment_stats, "resize": resize_stats}
@@ -431,7 +431,7 @@ class IncrementalTestViews:
 
     def add(self, t: int, frame: np.ndarray | torch.Tensor) -> None:
         """Cut frame ``t``'s patches and resize it (``frame``: ``[H, W, 3]`` uint8, the frame size given)."""
-        tensor = torch.from_numpy(np.asarray(frame)) if not isinstance(frame, torch.Tensor) else frame
+        tensor = frame if isinstance(frame, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(frame))
         if tuple(tensor.shape) != (*self.shape, 3) or tensor.dtype != torch.uint8:
             raise ValueError(
                 f"frame {t}: expected uint8 {(*self.shape, 3)}, got {tensor.dtype} {tuple(tensor.shape)}"
