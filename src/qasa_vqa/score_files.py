@@ -26,7 +26,7 @@ from typing import Any
 
 from qasa_vqa.data.manifests import ManifestError, read_manifest
 from qasa_vqa.errors import QasaVqaError
-from qasa_vqa.storage import append_line, atomic_write_text
+from qasa_vqa.storage import append_line, atomic_write_bytes, atomic_write_text
 
 __all__ = ["LABEL_SUFFIXES", "VIDEO_SUFFIXES", "RowWriter", "collect_videos", "read_rows", "row_key"]
 
@@ -169,10 +169,7 @@ class RowWriter:
     def _repair_and_read(self) -> None:
         data = self.path.read_bytes()
         if data and not data.endswith(b"\n"):  # killed while writing: drop the torn line
-            with open(self.path, "r+b") as handle:
-                handle.truncate(data.rfind(b"\n") + 1)
-                handle.flush()
-                os.fsync(handle.fileno())
+            atomic_write_bytes(self.path, data[: data.rfind(b"\n") + 1])
         rows = read_rows(self.path)
         if self.format == "csv":
             with open(self.path, encoding="utf-8") as handle:

@@ -42,6 +42,7 @@ from qasa_vqa.lit.run import (
 )
 from qasa_vqa.lit.schedule import trained_epochs
 from qasa_vqa.models.checkpoints import save_qasa
+from qasa_vqa.storage import atomic_save
 from qasa_vqa.sweeps import append_row
 
 __all__ = ["build_module", "check_needs", "main", "run"]
@@ -125,7 +126,8 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
     result["global_step"] = trainer.global_step
     if trainer.is_global_zero and Path(datamodule.split_file).is_file():  # the run says which videos it used
-        shutil.copy2(datamodule.split_file, output_dir / "split.json")
+        split_file = datamodule.split_file
+        atomic_save(output_dir / "split.json", lambda partial: shutil.copyfile(split_file, partial))
     result["metrics"] |= _metrics(trainer.callback_metrics)
     if cfg.test_after_training and not trainer.fast_dev_run:
         for values in trainer.test(module, datamodule=datamodule, verbose=False):

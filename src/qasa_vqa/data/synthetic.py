@@ -51,6 +51,7 @@ import json
 import math
 import os
 import shutil
+import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
@@ -245,12 +246,13 @@ def _u8(x: np.ndarray) -> np.ndarray:
 
 
 def distort(
-    frames: np.ndarray, recipe: Sequence[dict[str, Any]], *, seed: int, fps: int, tmp: Path
+    frames: np.ndarray, recipe: Sequence[dict[str, Any]], *, seed: int, fps: int, tmp: Path | None = None
 ) -> np.ndarray:
     """Apply ``recipe`` (``[{"name": ..., "severity": s}, ...]``, in order) to uint8 ``[T, H, W, 3]`` frames.
 
     ``h264`` is left to the final encode (:func:`write_clip`); ``vp9`` is an encode/decode round trip
-    through a file in ``tmp``. Each distortion draws from ``(seed, distortion)`` whatever the severity,
+    through a scratch file in ``tmp`` (default: a private temporary folder, so a run killed mid-encode
+    leaves nothing among the outputs). Each distortion draws from ``(seed, distortion)`` whatever the severity,
     so a larger severity degrades the same clip further (frame drops and freezes are nested).
     """
     x, n = frames.astype(np.float32), len(frames)
@@ -287,14 +289,12 @@ def distort(
                 index[start + 1 : start + 1 + length] = index[start]
             x = x[index]
         elif name == "vp9":
-            path = tmp / f".vp9-{seed}-{os.getpid()}.webm"
             opts = {"deadline": "good", "cpu-used": "4", "threads": "1"}
-            try:
+            with tempfile.TemporaryDirectory(prefix="qasa-vp9-", dir=tmp) as scratch:
+                path = Path(scratch) / f"{seed}.webm"
                 bitrate = round(500_000 * (10 / 500) ** s)
                 write_video(path, _u8(x), codec="vp9", fps=fps, bitrate=bitrate, options=opts)
                 x = read_frames(path, np.arange(n)).astype(np.float32)
-            finally:
-                path.unlink(missing_ok=True)
     return _u8(x)  # h264: the final encode's CRF (write_clip)
 
 
@@ -309,7 +309,7 @@ def write_clip(
 ) -> Path:
     """Distort ``reference`` by ``recipe`` and write it, atomically, as the final H.264 ``path``."""
     h264 = [step["severity"] for step in recipe if step["name"] == "h264"]
-    frames = distort(reference, recipe, seed=seed, fps=fps, tmp=path.parent)
+    frames = distort(reference, recipe, seed=seed, fps=fps)
     _encode(path, frames, fps, round(22 + 24 * h264[0], 2) if h264 else _FINAL_CRF)
     return path
 
