@@ -83,21 +83,22 @@ def test_global_plcc_equals_one_process_on_the_concatenated_batch(runs: dict) ->
     assert len(single) == STEPS
     for step, (mine, reference) in enumerate(zip(ddp, single, strict=True)):
         assert mine["mask_rate"] == reference["mask_rate"], step
-        # the first two steps see identical parameters (the first update runs at learning-rate factor 0);
-        # after a real update the runs differ by AdamW's normalised float noise in parameters whose true
-        # gradient is 0 (the score's offset, attention key biases): ~1e-5 relative, per-rank PLCC ~1e-1
-        tolerance = 1e-5 if step < 2 else 1e-4
+        # float32 noise only: the CLIP tower computes a batch of 3 and one of 6 with other kernels (on an
+        # AVX-512 machine its losses and eps_h differ by up to ~2e-5 relative with identical parameters);
+        # after a real update AdamW's normalised noise in parameters whose true gradient is 0 (the score's
+        # offset, attention key biases) adds ~1e-5. A wrong reduction (per-rank PLCC) is off by ~1e-1.
         for key in LOSSES:
-            assert mine[key] == pytest.approx(reference[key], rel=tolerance, abs=1e-6), (step, key)
+            assert mine[key] == pytest.approx(reference[key], rel=1e-4, abs=1e-6), (step, key)
     # the first step's gradients, after DDP's mean over ranks, are those of the concatenated batch
     grads = runs["tensors"][("rank0", "global")]["grads"]
     reference = runs["tensors"][("single", "global")]["grads"]
     assert grads.keys() == reference.keys() and len(grads) > 10
     # float noise is measured against the largest gradient: some parameters' true gradient is 0 (PLCC ignores
-    # the score's offset, so the last bias's gradient is rounding noise in both runs)
+    # the score's offset, so the last bias's gradient is rounding noise in both runs), and the CLIP tower's
+    # batch-size noise (above) reaches ~3e-5 of it in its last layers
     overall = max(g.abs().max().item() for g in reference.values())
     for key, value in grads.items():
-        torch.testing.assert_close(value, reference[key], rtol=1e-3, atol=1e-5 * overall, msg=key)
+        torch.testing.assert_close(value, reference[key], rtol=1e-3, atol=1e-4 * overall, msg=key)
     # per-rank PLCC is a different statistic: its first step already differs from the global one
     per_rank = runs["records"]["rank0"]["rank"][0]
     assert abs(per_rank["eps_h"] - single[0]["eps_h"]) > 1e-3
