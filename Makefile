@@ -47,6 +47,7 @@ bench: $(STAMP) ## Run the benchmarks (decode vs peers, training data, scoring);
 	$(PY) benchmarks/bench_decode.py
 	$(PY) benchmarks/bench_data.py
 	$(PY) benchmarks/bench_score.py
+	$(PY) benchmarks/bench_swin_chunks.py
 
 demo: $(STAMP) ## The whole method offline: data, pretraining, training, evaluation, scoring -> runs/demo/report.md
 	$(PY) -m qasa_vqa.demo --out $(DEMO_RUN)

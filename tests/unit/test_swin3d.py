@@ -182,7 +182,8 @@ def test_shift_regions_give_torchvisions_shift_mask(padded, window, shift) -> No
 
 def test_inference_in_chunks_gives_the_same_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
     # without gradients the attention runs a few windows at a time and the MLP a few frames at a time;
-    # tiny budgets force many uneven chunks, and the output must equal the whole-tensor computation
+    # tiny budgets force many uneven chunks. The output must be the whole-tensor computation's up to
+    # float rounding (matrix products over fewer rows may round differently: ~2e-7 relative measured)
     torch.manual_seed(0)
     model = VideoSwinBackbone(
         embed_dim=24, depths=[2, 2, 2, 2], num_heads=[1, 2, 2, 4], window_size=[4, 7, 7]
@@ -197,4 +198,4 @@ def test_inference_in_chunks_gives_the_same_numbers(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(VideoSwinBackbone, "inference_chunk_elements", 2_000_000)  # stage 0: 3 + 3 + 2 frames
     with torch.inference_mode():
         chunked = model(x)
-    assert torch.equal(chunked, whole)
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5 * whole.abs().max().item())
