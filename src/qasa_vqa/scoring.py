@@ -243,9 +243,7 @@ class _ScoringUnits(IterableDataset):
         height, width = info.display_height, info.display_width
         item: dict[str, Any] = {}
         began = time.perf_counter()
-        if "frag" not in self.parts or IncrementalTestViews.fits(
-            height, width, grid=spec.grid, patch=spec.patch
-        ):
+        if IncrementalTestViews.fits(height, width, grid=spec.grid, patch=spec.patch, parts=self.parts):
             results, thumbs, views_seconds = self._streamed_views(
                 path, info, wanted, per_draw, generators, options, want_layout
             )
@@ -301,7 +299,11 @@ class _ScoringUnits(IterableDataset):
         for k, positions in enumerate(per_draw.tolist()):
             for t, position in enumerate(positions):
                 uses.setdefault(position, []).append((k, t))
-        thumbs = np.empty((per_draw.shape[1], *_thumbnail_size(height, width)[::-1], 3), np.uint8)
+        thumbs = (
+            np.empty((per_draw.shape[1], *_thumbnail_size(height, width)[::-1], 3), np.uint8)
+            if want_layout
+            else None
+        )
         spent = 0.0
 
         def take(position: int, frame: np.ndarray) -> None:
@@ -309,7 +311,7 @@ class _ScoringUnits(IterableDataset):
             began = time.perf_counter()
             for k, t in uses[position]:
                 builders[k].add(t, frame)
-                if want_layout and k == 0:
+                if thumbs is not None and k == 0:
                     thumbs[t] = _thumbnail(frame)
             spent += time.perf_counter() - began
 
@@ -317,7 +319,7 @@ class _ScoringUnits(IterableDataset):
         began = time.perf_counter()
         results = [builder.views(return_layout=want_layout and k == 0) for k, builder in enumerate(builders)]
         spent += time.perf_counter() - began
-        return results, (thumbs if want_layout else None), spent
+        return results, thumbs, spent
 
 
 def _thumbnail_size(height: int, width: int) -> tuple[int, int]:

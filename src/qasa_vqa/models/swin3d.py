@@ -97,6 +97,12 @@ def shift_regions(
     return labels.reshape(-1, wd * wh * ww)
 
 
+def _chunk_budget(elements: int, device: torch.device) -> int:
+    """Elements per chunk of a computation without gradients: ``elements`` on the CPU (cache-sized),
+    64 times more on accelerators, whose kernels want more work per launch."""
+    return elements if device.type == "cpu" else 64 * elements
+
+
 class GatedWindowAttention3d(ShiftedWindowAttention3d):
     """torchvision's shifted-window attention plus FAST-VQA's gated fragment bias (module docstring)."""
 
@@ -188,11 +194,12 @@ class GatedWindowAttention3d(ShiftedWindowAttention3d):
             )
 
         # without gradients the windows go a chunk at a time, from projections to output: the same
-        # numbers (bit for bit where the projections' matrix products round alike), while the [b, nW, nH, N, N] scores of a 64-frame clip (0.5 GB per temporary in stage 0)
-        # and its [b, nW, N, 3C] projections are never whole
+        # numbers (bit for bit where the projections' matrix products round alike), while the
+        # [b, nW, nH, N, N] scores of a 64-frame clip (0.5 GB per temporary in stage 0) and its
+        # [b, nW, N, 3C] projections are never whole
         step = num_windows
         if not torch.is_grad_enabled():
-            budget = self.inference_chunk_elements * (1 if x.device.type == "cpu" else 64)
+            budget = _chunk_budget(self.inference_chunk_elements, x.device)
             step = max(1, min(num_windows, budget // (b * heads * tokens * tokens)))
         if step == num_windows:
             x = windows(0, num_windows)
@@ -290,8 +297,7 @@ class VideoSwinBackbone(nn.Module):
         # fewer rows: ~2e-7 relative on the paper backbone) and the hidden layer is never whole
         x = x + block.stochastic_depth(block.attn(block.norm1(x)))
         b, t = x.shape[:2]
-        budget = self.inference_chunk_elements * (1 if x.device.type == "cpu" else 64)
-        step = max(1, budget // (4 * x[0, 0].numel() * b))
+        step = max(1, _chunk_budget(self.inference_chunk_elements, x.device) // (4 * x[0, 0].numel() * b))
         if step >= t:
             return x + block.stochastic_depth(block.mlp(block.norm2(x)))
         out = torch.empty_like(x)

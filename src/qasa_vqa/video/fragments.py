@@ -382,8 +382,8 @@ class IncrementalTestViews:
     one source frame instead of all of them (64 frames of a 4K video are 1.6 GB).
 
     ``height`` x ``width`` is the frame size (for fragments each side at least ``grid * patch``: smaller
-    videos are upsampled as a whole by :func:`make_test_views`; :meth:`fits` tells), ``num_frames`` the number of
-    views' frames. The fragment layout is drawn at construction exactly as :func:`make_test_views` draws
+    videos are upsampled as a whole by :func:`make_test_views`; :meth:`fits` tells), ``num_frames`` the
+    number of views' frames. The fragment layout is drawn at construction exactly as :func:`make_test_views` draws
     it (same ``generator`` use). :meth:`add` takes frame ``t`` (``[H, W, 3]`` uint8); :meth:`views`
     returns the views once every frame was added, plus the layout and the frame size when
     ``return_layout``.
@@ -407,7 +407,7 @@ class IncrementalTestViews:
         parts: tuple[str, ...] = ("frag", "resize"),
     ) -> None:
         _check_parts(parts)
-        if "frag" in parts and not self.fits(height, width, grid=grid, patch=patch):
+        if not self.fits(height, width, grid=grid, patch=patch, parts=parts):
             raise ValueError(f"a {height}x{width} video needs upsampling: use make_test_views")
         self.shape, self.parts, self.size, self.antialias = (height, width), tuple(parts), size, antialias
         self.stats = {"frag": fragment_stats, "resize": resize_stats}
@@ -425,9 +425,17 @@ class IncrementalTestViews:
         self.added = torch.zeros(num_frames, dtype=torch.bool)
 
     @staticmethod
-    def fits(height: int, width: int, *, grid: int = 7, patch: int = 32) -> bool:
-        """Whether a ``height x width`` video can be built frame by frame (no upsampling needed)."""
-        return min(height, width) >= grid * patch
+    def fits(
+        height: int,
+        width: int,
+        *,
+        grid: int = 7,
+        patch: int = 32,
+        parts: tuple[str, ...] = ("frag", "resize"),
+    ) -> bool:
+        """Whether the ``parts`` of a ``height x width`` video can be built frame by frame: always without
+        fragments, else when no upsampling is needed."""
+        return "frag" not in parts or min(height, width) >= grid * patch
 
     def add(self, t: int, frame: np.ndarray | torch.Tensor) -> None:
         """Cut frame ``t``'s patches and resize it (``frame``: ``[H, W, 3]`` uint8, the frame size given)."""
